@@ -1,0 +1,235 @@
+"""Figures from a results table: fidelity/diversity tradeoff curves and sample grids.
+
+Every function takes a DataFrame (the schema of `evalkit.results`) and returns a
+`matplotlib.figure.Figure` built without pyplot (no global state, any backend). Figures are sized
+for one column of a two-column paper (3.25 in wide) with 7-9 pt fonts; save them with
+`save_figure` as PDF + SVG (vector) + PNG (200 dpi).
+
+The tradeoff plots follow Dhariwal & Nichol 2021 (arXiv:2105.05233v4 Fig. 5 / NeurIPS Fig. 6):
+precision on x and recall on y; Inception Score on x and FID on y. One curve per
+checkpoint/resolution (rows grouped by label, preset, image_size, steps), points in
+guidance-scale order, each annotated with its guidance scale; baselines are separate markers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from evalkit.errors import InputError
+from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL
+from evalkit.results import DEFAULT_FEATURES, metric_label
+from evalkit.store import open_batch
+
+FIGURE_WIDTH_IN = 3.25          # one column of a two-column paper
+FIGURE_HEIGHT_IN = 2.5
+PNG_DPI = 200
+CURVE_KEYS: tuple[str, ...] = ("label", "preset", "image_size", "steps")
+BASELINE_GID = "baseline"       # gid of every baseline marker artist
+CURVE_GID_PREFIX = "curve:"     # gid of every curve artist, followed by its legend name
+
+# Paper-figure style: 7-9 pt text, vector fonts embedded as TrueType, reproducible files.
+STYLE = {
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "axes.titlesize": 9,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 4,
+    "axes.linewidth": 0.6,
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "evalkit",
+}
+ANNOTATION_FONTSIZE = 7
+_BASELINE_MARKERS = ("*", "D", "s", "^", "v", "P", "X", "h")
+
+
+def format_scale(value: float) -> str:
+    """Guidance scale as written on plots and in tables: ``0``, ``0.5``, ``10``."""
+    return f"{float(value):g}"
+
+
+def features_of(df: pd.DataFrame, what: str = "results") -> str:
+    """The one feature-network name of `df` (empty cells count as the Inception network).
+
+    Raises InputError when rows come from different networks: their metrics are not comparable.
+    """
+    if df.empty or "features" not in df.columns:
+        return DEFAULT_FEATURES
+    names = sorted(set(df["features"].fillna(DEFAULT_FEATURES).astype(str)))
+    if len(names) > 1:
+        raise InputError(f"{what}: rows come from different feature networks ({', '.join(names)}); their "
+                         f"metrics are not comparable, so report one network at a time")
+    return names[0] if names else DEFAULT_FEATURES
+
+
+def _cell(value) -> str | None:
+    """Text of a grouping cell, None when missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def curve_names(df: pd.DataFrame) -> pd.Series:
+    """Legend name of each row's curve: its label (or preset), with image size and steps added
+    only where two curves would otherwise share a name."""
+    keys = [tuple(_cell(r.get(k)) for k in CURVE_KEYS) for r in df.to_dict("records")]
+    base = {k: (k[0] or k[1] or "results") for k in set(keys)}
+    counts: dict[str, int] = {}
+    for name in base.values():
+        counts[name] = counts.get(name, 0) + 1
+    names = {}
+    for k, name in base.items():
+        if counts[name] > 1:
+            detail = [f"{k[2]}px" if k[2] else None, f"{k[3]} steps" if k[3] else None, k[1] if k[0] else None]
+            name = f"{name} ({', '.join(d for d in detail if d)})"
+        names[k] = name
+    return pd.Series([names[k] for k in keys], index=df.index, dtype=object)
+
+
+def plottable(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows of `df` with both metric `x` and metric `y` present."""
+    return df[df[x].notna() & df[y].notna()]
+
+
+def baseline_name(row: dict) -> str:
+    """Legend text of a baseline row: label, resolution, truncation or guidance scale."""
+    name = str(row.get("label") or row.get("model") or "baseline")
+    if _cell(row.get("image_size")) and str(row["image_size"]) not in name:
+        name += f" {row['image_size']}"
+    extras = []
+    trunc = _cell(row.get("truncation"))
+    if trunc:
+        extras.append(f"trunc. {trunc}")
+    scale = row.get("guidance_scale")
+    if _cell(scale) and "scale" not in name:
+        extras.append(f"scale {format_scale(scale)}")
+    return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFrame | None = None,
+                    title: str | None = None) -> Figure:
+    """Scatter-line plot of metric `y` against metric `x`, one curve per checkpoint/resolution.
+
+    results: rows of the results schema (one feature network); rows missing `x` or `y` are
+    skipped. Each curve joins its rows in increasing guidance_scale and annotates every point
+    with its scale. baselines: optional rows (baselines schema) drawn as separate black/grey
+    markers with gid "baseline"; they must use the same feature network as the results.
+    Raises InputError when neither results nor baselines have a point with both metrics.
+    """
+    features = features_of(results, "results")
+    if baselines is not None and not baselines.empty:
+        base_features = features_of(baselines, "baselines")
+        if base_features != features:
+            raise InputError(f"baselines were measured with {base_features!r} features but the results with "
+                             f"{features!r}; their {metric_label(x, features)} values are not comparable")
+    points = plottable(results, x, y)
+    base_points = plottable(baselines, x, y) if baselines is not None else None
+    if points.empty and (base_points is None or base_points.empty):
+        raise InputError(f"no row has both {x} and {y}; nothing to plot for "
+                         f"{metric_label(y, features)} vs {metric_label(x, features)}")
+    with rc_context(STYLE):
+        fig = Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_HEIGHT_IN), layout="constrained")
+        ax = fig.add_subplot()
+        # One line per curve, points in guidance-scale order, each labelled with its scale.
+        names = curve_names(points)
+        for name in dict.fromkeys(names):
+            curve = points[names == name].sort_values("guidance_scale", kind="stable")
+            xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
+            ax.plot(xs, ys, marker="o", linestyle="-", label=name, gid=CURVE_GID_PREFIX + name)
+            for xv, yv, scale in zip(xs, ys, curve["guidance_scale"]):
+                if _cell(scale) is not None:
+                    ax.annotate(format_scale(scale), (xv, yv), xytext=(3, 3), textcoords="offset points",
+                                fontsize=ANNOTATION_FONTSIZE)
+        # Baselines: one distinct marker each, named in the legend.
+        if base_points is not None:
+            for i, row in enumerate(base_points.to_dict("records")):
+                ax.plot([float(row[x])], [float(row[y])], linestyle="none",
+                        marker=_BASELINE_MARKERS[i % len(_BASELINE_MARKERS)], markersize=7,
+                        color=("black", "0.45")[(i // len(_BASELINE_MARKERS)) % 2],
+                        label=baseline_name(row), gid=BASELINE_GID)
+        ax.set_xlabel(metric_label(x, features))
+        ax.set_ylabel(metric_label(y, features))
+        if title:
+            ax.set_title(title)
+        ax.margins(0.12)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
+        ax.legend(frameon=False, loc="best")
+    return fig
+
+
+def fid_vs_is(results: pd.DataFrame, baselines: pd.DataFrame | None = None, title: str | None = None) -> Figure:
+    """FID (y) against Inception Score (x), as the paper's Fig. 5 right panel. See tradeoff_figure."""
+    return tradeoff_figure(results, KEY_IS, KEY_FID, baselines, title)
+
+
+def precision_vs_recall(results: pd.DataFrame, baselines: pd.DataFrame | None = None,
+                        title: str | None = None) -> Figure:
+    """Recall (y) against precision (x), as the paper's Fig. 5 left panel. See tradeoff_figure."""
+    return tradeoff_figure(results, KEY_PRECISION, KEY_RECALL, baselines, title)
+
+
+def save_figure(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("pdf", "svg", "png")) -> list[Path]:
+    """Write `fig` as `stem.<format>` for each format (PNG at PNG_DPI); returns the paths.
+
+    File metadata carries no dates, so re-rendering the same figure gives the same vector files.
+    """
+    paths = []
+    metadata = {"pdf": {"CreationDate": None, "ModDate": None}, "svg": {"Date": None}, "png": {}}
+    with rc_context(STYLE):
+        for fmt in formats:
+            path = Path(f"{stem}.{fmt}")
+            fig.savefig(path, format=fmt, dpi=PNG_DPI, metadata=metadata.get(fmt, {}))
+            paths.append(path)
+    return paths
+
+
+def image_mosaic(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images [N, H, W, C] into one [rows*(H+pad)-pad, ncols*(W+pad)-pad, C] array
+    (white padding), row-major in input order."""
+    n, h, w, c = images.shape
+    rows = math.ceil(n / ncols)
+    out = np.full((rows * (h + pad) - pad, ncols * (w + pad) - pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        out[r * (h + pad):r * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = images[i]
+    return out
+
+
+def sample_grid(npz_path: str | os.PathLike, n: int = 16, ncols: int | None = None,
+                title: str | None = None) -> Figure:
+    """Grid of the first `n` images of a sample store (any format `evalkit.store.open_batch` reads).
+
+    Images are shown at native resolution without interpolation, tiled row-major in file order
+    with `ncols` columns (default: ceil(sqrt(n))). Raises InputError for n < 1; store errors
+    (missing or malformed file) propagate as `evalkit.errors.BatchFormatError`/`InputError`.
+    """
+    if n < 1:
+        raise InputError(f"sample grid: n={n}, expected at least 1 image")
+    reader = open_batch(npz_path)
+    count = min(n, reader.num_images)
+    if count < 1:
+        raise InputError(f"sample grid: {npz_path} holds no images")
+    images = reader.read_images(0, count)
+    cols = ncols or math.ceil(math.sqrt(count))
+    mosaic = image_mosaic(np.asarray(images, dtype=np.uint8), cols)
+    with rc_context(STYLE):
+        aspect = mosaic.shape[0] / mosaic.shape[1]
+        fig = Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_WIDTH_IN * aspect + (0.25 if title else 0.05)),
+                     layout="constrained")
+        ax = fig.add_subplot()
+        ax.imshow(mosaic if mosaic.shape[2] != 1 else mosaic[..., 0], interpolation="nearest",
+                  cmap="gray" if mosaic.shape[2] == 1 else None)
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title)
+    return fig

@@ -1,0 +1,291 @@
+"""The results table: one row per evaluated sample store, as a CSV read and written with pandas.
+
+This module is THE schema: column names, their dtypes and order, how a row is identified
+(`run_id`), and how rows are appended so that a killed process never leaves a broken CSV
+(read + concat + write to a temporary file + atomic rename, see `evalkit.atomic`).
+
+Metric columns reuse the constant names of `evalkit.metrics` (`inception_score`, `fid`, `sfid`,
+`precision`, `recall`). Which network produced the features is recorded in `features`; plots and
+tables name a metric with `metric_label(key, features)` ("FID" only for the Inception network,
+"FD (digits features)" for another one).
+
+Single writer: `append_row` is a read-modify-write. Call it from one process (rank 0 of a sweep).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from evalkit import __version__
+from evalkit.atomic import atomic_path
+from evalkit.errors import InputError
+from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID, METRIC_KEYS
+
+# Metric columns in table order (the order plots and tables use).
+METRIC_COLUMNS: tuple[str, ...] = METRIC_KEYS
+
+# Every column of the results table, in file order, with its pandas dtype.
+# "string": text (empty cell = missing); "float": float64 (NaN = missing); "int": nullable Int64.
+SCHEMA: dict[str, str] = {
+    "run_id": "string",             # stable hash of the settings that define the row (make_run_id)
+    "label": "string",              # free text for legends, e.g. "ADM-G 256"
+    "preset": "string",             # evalkit preset name of the diffusion model
+    "model_flags": "string",        # flags/overrides the model was built with (free text)
+    "checkpoint_sha256": "string",
+    "classifier": "string",         # classifier preset or path; empty when unguided
+    "classifier_sha256": "string",
+    "guidance_scale": "float",      # classifier-guidance scale; 0 = unguided
+    "sampler": "string",            # one of SAMPLERS
+    "steps": "string",              # respacing string as guided-diffusion spells it: "250", "ddim25", "10,15,20"
+    "eta": "float",                 # DDIM eta (0 for deterministic DDIM; empty for ancestral)
+    "num_samples": "int",
+    "seed": "int",                  # first seed of the per-sample seed range
+    "image_size": "int",            # pixels per side of the evaluated images
+    "reference": "string",          # reference batch name or path
+    "reference_sha256": "string",
+    "features": "string",           # feature-extractor name ("inception" is the ADM evaluator's network)
+    KEY_IS: "float",
+    KEY_FID: "float",
+    KEY_SFID: "float",
+    KEY_PRECISION: "float",
+    KEY_RECALL: "float",
+    "wall_clock_s": "float",        # seconds spent sampling + scoring this row
+    "evalkit_version": "string",
+    "torch_version": "string",
+    "created_at": "string",         # UTC ISO-8601 time the row was written
+}
+COLUMNS: tuple[str, ...] = tuple(SCHEMA)
+
+# Columns a results CSV may have in addition to COLUMNS.
+OPTIONAL_SCHEMA: dict[str, str] = {
+    "samples_path": "string",       # npz sample store of the row (for sample grids); relative to the CSV
+}
+
+# Settings whose values define a row: two rows with equal settings get the same run_id.
+IDENTITY_COLUMNS: tuple[str, ...] = (
+    "preset", "model_flags", "checkpoint_sha256", "classifier", "classifier_sha256", "guidance_scale",
+    "sampler", "steps", "eta", "num_samples", "seed", "image_size", "reference", "reference_sha256",
+    "features",
+)
+
+SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
+DEFAULT_FEATURES = "inception"
+
+PANDAS_DTYPES = {"string": "string", "float": "float64", "int": "Int64"}
+
+# Display names of the metrics when the ADM evaluator's Inception network made the features.
+_INCEPTION_LABELS = {KEY_IS: "IS", KEY_FID: "FID", KEY_SFID: "sFID", KEY_PRECISION: "Precision",
+                     KEY_RECALL: "Recall"}
+# Display names for any other feature network ("Fréchet distance", not "Inception" distance).
+_OTHER_LABELS = {KEY_IS: "IS", KEY_FID: "FD", KEY_SFID: "sFD", KEY_PRECISION: "Precision",
+                 KEY_RECALL: "Recall"}
+
+
+def metric_label(key: str, features: str | None = DEFAULT_FEATURES) -> str:
+    """Display name of metric column `key` for features from network `features`.
+
+    "FID"/"sFID"/"IS" only when `features` is the Inception network (or missing); otherwise the
+    name says which network, e.g. ``metric_label("fid", "digits") == "FD (digits features)"``.
+    """
+    if key not in _INCEPTION_LABELS:
+        raise InputError(f"unknown metric {key!r}; expected one of {', '.join(METRIC_COLUMNS)}")
+    if features is None or (isinstance(features, float) and math.isnan(features)) or features in ("", DEFAULT_FEATURES):
+        return _INCEPTION_LABELS[key]
+    return f"{_OTHER_LABELS[key]} ({features} features)"
+
+
+def empty_table() -> pd.DataFrame:
+    """A results table with every column of COLUMNS, their dtypes, and no rows."""
+    return pd.DataFrame({c: pd.Series([], dtype=PANDAS_DTYPES[k]) for c, k in SCHEMA.items()})
+
+
+def _is_missing(value: Any) -> bool:
+    """True for None, NaN, pandas NA and empty strings."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _canonical(value: Any, kind: str) -> Any:
+    """Value of a setting in the form hashed by make_run_id (1 and 1.0 hash alike)."""
+    if _is_missing(value):
+        return None
+    if kind == "float":
+        return repr(float(value))
+    if kind == "int":
+        return int(value)
+    return str(value)
+
+
+def make_run_id(settings: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit id of the settings in IDENTITY_COLUMNS (others are ignored).
+
+    Missing and empty settings hash alike; numbers hash by value (``1 == 1.0``).
+    """
+    canon = {c: _canonical(settings.get(c), SCHEMA[c]) for c in IDENTITY_COLUMNS}
+    blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def coerce_columns(df: pd.DataFrame, schema: Mapping[str, str], where: str) -> pd.DataFrame:
+    """Cast the columns of `df` named in `schema` to their dtypes; a bad cell → InputError."""
+    out = df.copy()
+    for col, kind in schema.items():
+        if col not in out.columns:
+            continue
+        series = out[col]
+        if kind == "string":
+            out[col] = series.astype("string").str.strip().replace("", pd.NA)
+            continue
+        numeric = pd.to_numeric(series.replace("", pd.NA), errors="coerce")
+        bad = series.notna() & (series.astype("string").str.strip() != "") & numeric.isna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"{where}: column {col!r} row {i + 1}: found {series.iloc[i]!r}, expected a number")
+        if kind == "int":
+            frac = numeric.notna() & (numeric != numeric.round())
+            if frac.any():
+                i = int(frac.to_numpy().nonzero()[0][0])
+                raise InputError(f"{where}: column {col!r} row {i + 1}: found {series.iloc[i]!r}, expected an integer")
+            out[col] = numeric.astype("Int64")
+        else:
+            out[col] = numeric.astype("float64")
+    return out
+
+
+def validate_table(df: pd.DataFrame, where: str = "results table") -> pd.DataFrame:
+    """Check `df` against the schema and return it with canonical column order and dtypes.
+
+    Raises InputError naming `where` and the missing / extra columns, a cell that is not a
+    number where one is expected, or an unknown sampler.
+    """
+    missing = [c for c in COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in SCHEMA and c not in OPTIONAL_SCHEMA]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing columns: {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected columns: {', '.join(map(str, extra))}")
+        raise InputError(f"{where}: not an evalkit results table ({'; '.join(parts)}); "
+                         f"expected the columns of evalkit.results.COLUMNS: {', '.join(COLUMNS)}")
+    out = coerce_columns(df, {**SCHEMA, **OPTIONAL_SCHEMA}, where)
+    bad_sampler = out["sampler"].notna() & ~out["sampler"].isin(SAMPLERS)
+    if bad_sampler.any():
+        i = int(bad_sampler.to_numpy().nonzero()[0][0])
+        raise InputError(f"{where}: column 'sampler' row {i + 1}: found {out['sampler'].iloc[i]!r}, "
+                         f"expected one of {', '.join(SAMPLERS)}")
+    order = list(COLUMNS) + [c for c in OPTIONAL_SCHEMA if c in out.columns]
+    return out[order].reset_index(drop=True)
+
+
+def read_csv_text(path: str | os.PathLike, what: str) -> pd.DataFrame:
+    """Read a CSV file as text cells (no type guessing); unreadable/malformed → InputError."""
+    path = Path(path)
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "nothing"
+        raise InputError(f"{what} {path}: found {kind}, expected a CSV file")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {path}: the file is empty, expected a CSV header line") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path}: malformed CSV ({first})") from None
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a results CSV; returns the rows in COLUMNS order with schema dtypes.
+
+    Raises InputError when the file is missing, not a CSV, from another schema (names the
+    missing and unexpected columns and the file), or holds a malformed cell.
+    """
+    return validate_table(read_csv_text(path, "results CSV"), where=f"results CSV {path}")
+
+
+def has_row(path: str | os.PathLike, run_id: str) -> bool:
+    """True when the results CSV at `path` exists and holds a row with this `run_id`."""
+    if not Path(path).exists():
+        return False
+    return bool((read_results(path)["run_id"] == run_id).any())
+
+
+def _torch_version() -> str | None:
+    """Installed torch version without importing torch."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`row` with unknown keys rejected and run_id / versions / created_at filled in when absent."""
+    unknown = [k for k in row if k not in SCHEMA and k not in OPTIONAL_SCHEMA]
+    if unknown:
+        raise InputError(f"results row: unknown columns {', '.join(map(str, unknown))}; "
+                         f"expected names from evalkit.results.COLUMNS")
+    full = {k: (None if _is_missing(v) else v) for k, v in row.items()}
+    if full.get("run_id") is None:
+        full["run_id"] = make_run_id(full)
+    full.setdefault("evalkit_version", __version__)
+    if full.get("evalkit_version") is None:
+        full["evalkit_version"] = __version__
+    if full.get("torch_version") is None:
+        full["torch_version"] = _torch_version()
+    if full.get("created_at") is None:
+        full["created_at"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return full
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_results(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Validate `df` and write it to `path` atomically (temporary file, fsync, rename)."""
+    table = validate_table(df, where=f"results for {path}")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+        # The temporary file is private (mkstemp); give the table the usual file permissions.
+        os.chmod(tmp, 0o666 & ~umask())
+
+
+def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = False) -> str:
+    """Append one results row to the CSV at `path` (created when absent); returns its run_id.
+
+    `row` maps column names of COLUMNS (or OPTIONAL_SCHEMA) to values; absent columns stay
+    empty; `run_id`, `evalkit_version`, `torch_version` and `created_at` are filled in when
+    absent. The file is rewritten atomically, so a crash or kill leaves either the old or the
+    new file, never a partial one. A row whose run_id is already present raises InputError
+    unless `replace=True` (then the old row is dropped and the new one appended).
+    """
+    full = complete_row(row)
+    new = validate_table(pd.DataFrame([{**{c: None for c in COLUMNS}, **full}]), where=f"new row for {path}")
+    if Path(path).exists():
+        table = read_results(path)
+        present = table["run_id"] == full["run_id"]
+        if present.any():
+            if not replace:
+                raise InputError(f"results CSV {path}: run_id {full['run_id']} is already present; "
+                                 f"skip it (has_row) or pass replace=True")
+            table = table[~present]
+        # Keep optional columns present in either table; empty-frame concat would drop dtypes.
+        table = pd.concat([table, new], ignore_index=True) if len(table) else new
+    else:
+        table = new
+    write_results(path, table)
+    return str(full["run_id"])
