@@ -11,5 +11,6 @@ from evalkit.cli import score_cmd, features_cmd, weights_cmd, ref_cmd  # noqa: E
 from evalkit.cli import presets_cmd  # noqa: E402,F401
 from evalkit.cli import report_cmd  # noqa: E402,F401
 from evalkit.cli import sample_cmd  # noqa: E402,F401
+from evalkit.cli import sweep_cmd  # noqa: E402,F401
 
 __all__ = ["main"]

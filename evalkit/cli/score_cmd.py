@@ -1,0 +1,130 @@
+"""`evalkit score SAMPLES REF`: the five numbers of OpenAI's ADM evaluator, in its format.
+
+Also defines the options and helpers shared with `evalkit features` (feature network choice, device,
+warnings shown as one line on stderr). Runs under ``torchrun`` too: every rank extracts a slice of the
+features, rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from typing import Iterator
+
+import click
+
+from evalkit.atomic import atomic_write_text
+from evalkit.cli.group import main
+from evalkit.errors import ConfigError, InputError
+from evalkit.runtime import init_distributed, is_main, resolve_device, shutdown_distributed
+
+TF_EXTRACTOR = "inception-tf"
+
+
+def feature_network_options(func):
+    """--device, --batch-size, --backend, --features, --inception, --no-cache (shared by score/features)."""
+    options = [
+        click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                     help="Where to run the feature network: auto, cpu, cuda, cuda:N (under torchrun, auto "
+                          "picks each rank's GPU)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
+                     help="Images per feature-network batch (the reference evaluator uses 64)."),
+        click.option("--backend", type=click.Choice(["torch", "tf"]), default="torch", show_default=True,
+                     help="Inception implementation: evalkit's PyTorch port, or the reference TensorFlow graph "
+                          "(needs the tf extra; same as --features inception-tf)."),
+        click.option("--features", "features_name", default=None, metavar="NAME",
+                     help="Feature network from the registry, e.g. inception, inception-tf, digits; modules "
+                          "named in $EVALKIT_PLUGINS (comma-separated) may register more.  [default: inception]"),
+        click.option("--inception", "weights_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     metavar="PATH", help="Weights file for the feature network instead of the cached one "
+                                          "(.pth or classify_image_graph_def.pb for Inception)."),
+        click.option("--no-cache", is_flag=True, default=False, show_default=True,
+                     help="Neither read nor write the feature cache ($EVALKIT_CACHE/features)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def extractor_name(backend: str, features_name: str | None) -> str | None:
+    """The registry name that --backend/--features select (None = the default Inception)."""
+    if backend == "tf":
+        if features_name not in (None, TF_EXTRACTOR):
+            raise ConfigError(f"--backend tf selects the TensorFlow Inception graph ({TF_EXTRACTOR}); it cannot be "
+                              f"combined with --features {features_name}")
+        return TF_EXTRACTOR
+    return features_name
+
+
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """Show each Python warning once as `warning: ...` on stderr (rank 0 only), not as a source trace."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if is_main():
+                click.echo(f"warning: {message}", err=True)
+
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def distributed(device_spec: str):
+    """Resolve the device once, join torchrun's process group if launched by it, leave it at the end."""
+    device = resolve_device(device_spec)
+    init_distributed(device)
+    try:
+        yield device
+    finally:
+        shutdown_distributed()
+
+
+@main.command("score")
+@click.argument("samples", metavar="SAMPLES")
+@click.argument("ref", metavar="REF")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
+              help="Also write the five numbers, their labels and provenance (versions, weights sha256, "
+                   "image counts, content hashes, device, time) to this JSON file (atomically).")
+@feature_network_options
+@click.option("--exact-fid", is_flag=True, default=False, show_default=True,
+              help="Use the reference's scipy sqrtm path for FID/sFID (slow) instead of the eigenvalue form.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars (images/s) on stderr.")
+def score_cmd(samples: str, ref: str, json_out: str | None, device: str, batch_size: int, backend: str,
+              features_name: str | None, weights_path: str | None, no_cache: bool, exact_fid: bool,
+              progress: bool) -> None:
+    """Score the sample batch SAMPLES against the reference batch REF and print, exactly as OpenAI's
+    evaluator does, `Inception Score`, `FID`, `sFID`, `Precision` and `Recall` (in that order).
+
+    SAMPLES and REF are .npz files (images in arr_0), HDF5 files or image folders; REF may also be a
+    reference batch name (imagenet64/128/256/512, lsun_bedroom/cat/horse) fetched with `evalkit ref
+    fetch`. The reference's precomputed statistics are used when it has them. Note the order: samples
+    first (the reference script takes the reference first). With --features other than Inception the
+    labels name the network (e.g. "FD (digits features)"), never FID.
+
+    \b
+    Examples:
+      evalkit score samples.npz imagenet256
+      evalkit score samples.npz VIRTUAL_imagenet256_labeled.npz --json scores.json
+      evalkit score samples.npz imagenet256 --backend tf --device cpu
+      torchrun --nproc_per_node=4 -m evalkit score samples.npz imagenet256
+    """
+    from evalkit.evaluate import build_extractor, evaluate, format_lines  # heavy imports after option parsing
+
+    name = extractor_name(backend, features_name)
+    with warnings_to_stderr(), distributed(device) as dev:
+        extractor = build_extractor(name, dev, weights_path)
+        result = evaluate(samples, ref, extractor, batch_size=batch_size, device=dev, cache=not no_cache,
+                          progress=progress, exact_fid=exact_fid)
+        if not is_main():
+            return
+        for line in format_lines(result):
+            click.echo(line)
+        if json_out:
+            try:
+                atomic_write_text(json_out, json.dumps(result, indent=1) + "\n")
+            except OSError as exc:
+                raise InputError(f"--json {json_out}: cannot write the results file ({exc})") from exc
