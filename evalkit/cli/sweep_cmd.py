@@ -1,0 +1,195 @@
+"""`evalkit sample-and-score` and `evalkit sweep`: sample, score and record results rows.
+
+Both take every option of `evalkit sample` (the very click options of `sample_cmd`, shared rather
+than redefined; the sweep replaces --classifier-scale by --scales and --out by its own folder) plus
+the scoring options. Everything else is `evalkit.sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from evalkit.cli.group import main
+from evalkit.cli.sample_cmd import sample_command
+from evalkit.cli.score_cmd import distributed, warnings_to_stderr
+from evalkit.errors import ConfigError
+from evalkit.runtime import is_main, resolve_device
+
+
+def sampling_options(exclude: tuple[str, ...] = ()):
+    """Prepend the options of `evalkit sample` (except the parameter names in `exclude`) to a command."""
+
+    def decorate(command: click.Command) -> click.Command:
+        shared = [p for p in sample_command.params if p.name not in exclude]
+        command.params[:0] = shared
+        return command
+
+    return decorate
+
+
+def scoring_options(func):
+    """--ref, --features, --inception, --feature-batch-size, --csv, --label, --exact-fid."""
+    options = [
+        click.option("--ref", required=True, metavar="REF",
+                     help="Reference batch: an .npz path or a name such as imagenet256 (`evalkit ref list`)."),
+        click.option("--features", "features_name", default=None, metavar="NAME",
+                     help="Feature network from the registry (inception, inception-tf, digits, or one a module in "
+                          "$EVALKIT_PLUGINS registers).  [default: inception]"),
+        click.option("--inception", "weights_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     metavar="PATH", help="Weights file of the feature network instead of the cached one."),
+        click.option("--feature-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     metavar="N", help="Images per feature-network batch."),
+        click.option("--label", default=None, metavar="TEXT",
+                     help="Legend name of the rows in reports.  "
+                          "[default: the preset, else the checkpoint's file name]"),
+        click.option("--exact-fid", is_flag=True, default=False, show_default=True,
+                     help="FID/sFID through scipy's sqrtm, as the reference (slow), instead of the eigenvalue form."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(kw: dict, classifier_scale: float | None):
+    """SamplingConfig from the `evalkit sample` options in `kw`."""
+    from evalkit.generate import make_sampling_config
+
+    return make_sampling_config(
+        checkpoint=kw["checkpoint"], num_samples=kw["num_samples"], preset=kw["preset"],
+        model_flags=kw["model_flags"], seed=kw["seed"], timestep_respacing=kw["timestep_respacing"],
+        use_ddim=kw["use_ddim"], eta=kw["eta"], clip_denoised=kw["clip_denoised"], classes=kw["classes"],
+        classifier=kw["classifier"], classifier_preset=kw["classifier_preset"],
+        classifier_flags=kw["classifier_flags"], classifier_scale=classifier_scale, use_fp16=kw["use_fp16"],
+        upsampler=kw["upsampler"], upsampler_flags=kw["upsampler_flags"],
+        upsampler_checkpoint=kw["upsampler_checkpoint"], upsampler_respacing=kw["upsampler_respacing"],
+        upsampler_seed=kw["upsampler_seed"])
+
+
+@sampling_options()
+@main.command("sample-and-score", context_settings={"show_default": True})
+@scoring_options
+@click.option("--csv", "csv_path", type=click.Path(), default=None, metavar="FILE",
+              help="Results CSV to append the row to (created when absent); a row with the same settings "
+                   "(run_id) already there means nothing is sampled or scored.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, metavar="OUT",
+              help="Metrics JSON (five numbers, labels, provenance, the row, the sampling config).  "
+                   "[default: OUT_DIR/metrics.json]")
+def sample_and_score_command(ref, features_name, weights_path, feature_batch_size, label, exact_fid, csv_path,
+                             json_out, **kw):
+    """Sample (sharded, resumable, like `evalkit sample`), score the samples against REF (like
+    `evalkit score`), write the metrics JSON and append one row to --csv.
+
+    Takes every option of `evalkit sample`. A classifier at --classifier-scale 0 is not used (the
+    row is the unguided model's). Rerunning the same command resumes the sampling, or does nothing
+    when --csv already holds the row.
+
+    \b
+    Examples:
+      evalkit sample-and-score --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
+          --classifier 64x64_classifier.pt --classifier-scale 1.0 --num-samples 50000 \\
+          --ref imagenet64 --out runs/adm64_s1 --csv results.csv
+      evalkit sample-and-score --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
+          --num-samples 10000 --timestep-respacing ddim25 --use-ddim --ref imagenet64 \\
+          --out runs/ddim25 --json ddim25.json
+    """
+    from evalkit.evaluate import build_extractor, format_lines
+    from evalkit.refbatches import resolve_batch
+    from evalkit.sweep import check_out_dir, done_run_ids, sample_and_score, unguided_if_zero
+
+    # Everything that can be refused is checked before any sampling.
+    check_out_dir(kw["out_dir"])
+    resolve_batch(ref)
+    done_run_ids(csv_path)
+    config = unguided_if_zero(_config(kw, kw["classifier_scale"]))
+    if kw["dry_run"]:
+        dev = resolve_device(kw["device"])
+        click.echo(json.dumps({"config": config.for_device(dev).to_dict(), "out": kw["out_dir"], "ref": ref,
+                               "csv": csv_path, "features": features_name or "inception",
+                               "batch_size": kw["batch_size"], "device": str(dev)}, indent=2, default=str))
+        return
+    with warnings_to_stderr(), distributed(kw["device"]) as dev:
+        extractor = build_extractor(features_name, dev, weights_path)
+        result = sample_and_score(config, kw["out_dir"], ref, extractor, dev, csv=csv_path, json_out=json_out,
+                                  label=label, batch_size=kw["batch_size"], feature_batch_size=feature_batch_size,
+                                  progress=not kw["quiet"], keep_shards=kw["keep_shards"], exact_fid=exact_fid)
+        if not is_main():
+            return
+        if result.skipped:
+            click.echo(f"run_id {result.row['run_id']} is already in {csv_path}; nothing to do")
+            return
+        for line in format_lines(result.metrics):
+            click.echo(line)
+        if csv_path:
+            click.echo(f"appended run_id {result.row['run_id']} to {csv_path}", err=True)
+
+
+@sampling_options(exclude=("classifier_scale", "out_dir"))
+@main.command("sweep", context_settings={"show_default": True})
+@click.option("--scales", required=True, metavar="S1,S2,...",
+              help="Classifier-guidance scales, comma-separated numbers >= 0 (0 = unguided, the model alone; "
+                   "non-zero scales need --classifier).")
+@click.option("--respacings", default=None, metavar="R1,R2,...",
+              help="Also sweep the respaced steps: step counts or ddimN (ddimN samples with DDIM), e.g. "
+                   "250,100,ddim25; the sweep runs every scale at every respacing.  "
+                   "[default: --timestep-respacing only]")
+@click.option("--out", "sweep_dir", type=click.Path(), required=True, metavar="DIR",
+              help="Sweep folder: one resumable sample store per setting (scale-2/, scale-2_steps-ddim25/), "
+                   "each with its metrics.json.")
+@click.option("--csv", "csv_path", type=click.Path(), required=True, metavar="FILE",
+              help="Results CSV: one row per setting is appended (created when absent); rows already there are "
+                   "skipped.")
+@scoring_options
+def sweep_command(scales, respacings, sweep_dir, csv_path, ref, features_name, weights_path, feature_batch_size,
+                  label, exact_fid, **kw):
+    """Sweep the classifier-guidance scale (and optionally the respaced steps) of a checkpoint: sample,
+    score and append one results row per setting, for `evalkit report`.
+
+    Takes every option of `evalkit sample` except --classifier-scale and --out. The reference's
+    features are computed once for the whole sweep (feature cache). Rerunning the same command
+    skips the rows already in --csv and resumes a half-finished setting from its shards; rows are
+    appended atomically, so a kill never leaves a broken CSV.
+
+    \b
+    Examples:
+      evalkit sweep --preset 256x256_diffusion --checkpoint 256x256_diffusion.pt \\
+          --classifier 256x256_classifier.pt --scales 0,0.5,1,2,4,10 --num-samples 10000 \\
+          --ref imagenet256 --out runs/sweep256 --csv results.csv
+      evalkit sweep --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
+          --classifier 64x64_classifier.pt --scales 0,1 --respacings 250,100,ddim25 \\
+          --num-samples 10000 --ref imagenet64 --out runs/steps64 --csv results.csv
+      evalkit report results.csv --baseline biggan-deep --out reports/sweep256
+    """
+    from evalkit.evaluate import build_extractor
+    from evalkit.refbatches import resolve_batch
+    from evalkit.sweep import check_out_dir, done_run_ids, parse_respacings, parse_scales, plan_sweep, run_sweep
+
+    # Everything that can be refused is checked before any sampling.
+    scale_list = parse_scales(scales)
+    respacing_list = parse_respacings(respacings)
+    if respacing_list and kw["timestep_respacing"] is not None:
+        raise ConfigError("give --timestep-respacing (one respacing) or --respacings (a list), not both")
+    check_out_dir(sweep_dir)
+    resolve_batch(ref)
+    done_run_ids(csv_path)
+    if kw["classifier"] is None and any(scale_list):
+        raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
+                          f"without one only --scales 0 (unguided) can be swept")
+    base = _config(kw, max(scale_list) if kw["classifier"] else None)
+    plan = plan_sweep(base, scale_list, respacing_list or None)
+    if kw["dry_run"]:
+        dev = resolve_device(kw["device"])
+        click.echo(json.dumps({"settings": {name: cfg.for_device(dev).to_dict() for name, cfg in plan},
+                               "out": sweep_dir, "csv": csv_path, "ref": ref,
+                               "features": features_name or "inception", "batch_size": kw["batch_size"],
+                               "device": str(dev)}, indent=2, default=str))
+        return
+    with warnings_to_stderr(), distributed(kw["device"]) as dev:
+        extractor = build_extractor(features_name, dev, weights_path)
+        table = run_sweep(base, scale_list, respacing_list or None, ref, sweep_dir, csv_path, extractor, dev,
+                          label=label, batch_size=kw["batch_size"], feature_batch_size=feature_batch_size,
+                          progress=not kw["quiet"], keep_shards=kw["keep_shards"], exact_fid=exact_fid)
+        if is_main():
+            click.echo(f"{len(table)} rows of this sweep in {csv_path} (render them: evalkit report {csv_path} "
+                       f"--out reports/NAME)")
