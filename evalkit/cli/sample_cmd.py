@@ -1,0 +1,184 @@
+"""`evalkit sample` and `evalkit upsample`: the sampling harness (deterministic, sharded, resumable).
+
+Options are parsed here; everything else is `evalkit.generate` (configs, models, samplers, shards).
+Under ``torchrun`` every rank runs the same command; rank 0 prints and assembles the final npz.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from evalkit.cli.group import main
+from evalkit.presets import PRESETS
+from evalkit.runtime import is_main, resolve_device, shutdown_distributed
+
+
+def _names(kind: str) -> list[str]:
+    return sorted(n for n, p in PRESETS.items() if p.kind == kind)
+
+
+def _common_run_options(func):
+    """--batch-size, --seed, --out, --device, --fp16, --keep-shards, --dry-run, --quiet."""
+    options = [
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="B",
+                     help="Samples per forward batch on each process (does not change the images' noise; "
+                          "may differ when resuming)."),
+        click.option("--seed", type=int, default=0, show_default=True, metavar="S",
+                     help="Sample i draws its label, x_T and step noise from the generator (S, i)."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
+                     help="Run directory: manifest.json, shards/ and the final samples_<N>x<H>x<W>x3.npz. "
+                          "Rerunning the same command into it resumes."),
+        click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                     help="auto, cpu, cuda or cuda:N (under torchrun, auto picks each rank's GPU)."),
+        click.option("--fp16/--no-fp16", "use_fp16", default=None, show_default=False,
+                     help="UNet torso in float16.  [default: the checkpoint's use_fp16 flag on CUDA, "
+                          "float32 on CPU]"),
+        click.option("--keep-shards", is_flag=True, default=False, show_default=True,
+                     help="Keep shards/ after the final npz is written (else they are deleted)."),
+        click.option("--dry-run", is_flag=True, default=False, show_default=True,
+                     help="Print the resolved configuration as JSON and stop."),
+        click.option("--quiet", "-q", is_flag=True, default=False, show_default=True,
+                     help="No progress bar (the summary line is still printed)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _dry_run(config, out_dir: str, batch_size: int, device: str) -> None:
+    payload = {"config": config.to_dict(), "out": out_dir, "batch_size": batch_size, "device": device}
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _echo_summary(run) -> None:
+    if not is_main():
+        return
+    if run.base is not None:
+        click.echo(run.base.summary())
+    click.echo(run.summary())
+
+
+@main.command("sample", context_settings={"show_default": True})
+@click.option("--preset", type=click.Choice(_names("diffusion")), default=None, metavar="NAME",
+              help="Diffusion preset (`evalkit presets`); its paper sampling settings are the defaults.")
+@click.option("--model-flags", default=None, metavar='"FLAGS"',
+              help='guided-diffusion MODEL_FLAGS of a custom checkpoint instead of --preset, e.g. '
+                   '"--image_size 64 --num_channels 128 --learn_sigma True".')
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Diffusion weights (.pt state dict or .npz).  [default: the preset's bundled or fetched file]")
+@click.option("--num-samples", type=int, required=True, metavar="N", help="Number of samples to generate.")
+@click.option("--timestep-respacing", default=None, metavar="SPEC",
+              help='Respaced steps: "250", "ddim25", "10,20,30".  [default: the preset\'s paper setting]')
+@click.option("--use-ddim/--no-use-ddim", default=None,
+              help="DDIM instead of ancestral sampling.  [default: the preset's paper setting]")
+@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, metavar="ETA",
+              help="DDIM eta (0 = deterministic given x_T); needs --use-ddim.")
+@click.option("--clip-denoised/--no-clip-denoised", default=True, help="Clamp predicted x_0 to [-1, 1].")
+@click.option("--classifier", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Noisy classifier weights for classifier guidance (needs a scale).")
+@click.option("--classifier-preset", type=click.Choice(_names("classifier")), default=None, metavar="NAME",
+              help="Classifier architecture.  [default: the diffusion preset's classifier]")
+@click.option("--classifier-flags", default=None, metavar='"FLAGS"',
+              help="guided-diffusion classifier flags instead of --classifier-preset.")
+@click.option("--classifier-scale", type=float, default=None, metavar="S",
+              help="Guidance scale s (0 = unguided).  [default: the preset's paper scale when --classifier is given]")
+@click.option("--classes", default=None, metavar="LABELS",
+              help='Allowed class labels: "3", "1,5,7" or a range "0-9"; each sample draws one uniformly.  '
+                   '[default: all classes]')
+@click.option("--upsampler", type=click.Choice(_names("upsampler")), default=None, metavar="PRESET",
+              help="Also upsample every sample with this upsampler preset (cascade: base/ and upsampled/).")
+@click.option("--upsampler-flags", default=None, metavar='"FLAGS"',
+              help="guided-diffusion super-res flags instead of --upsampler.")
+@click.option("--upsampler-checkpoint", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Upsampler weights.  [default: the upsampler preset's bundled or fetched file]")
+@click.option("--upsampler-respacing", default=None, metavar="SPEC",
+              help="Respaced steps of the upsampler (always ancestral).  [default: the upsampler preset's]")
+@click.option("--upsampler-seed", type=int, default=None, metavar="S",
+              help="Upsampled sample i uses generator (S, i).  [default: --seed + 1]")
+@_common_run_options
+def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respacing, use_ddim, eta,
+                   clip_denoised, classifier, classifier_preset, classifier_flags, classifier_scale, classes,
+                   upsampler, upsampler_flags, upsampler_checkpoint, upsampler_respacing, upsampler_seed,
+                   batch_size, seed, out_dir, device, use_fp16, keep_shards, dry_run, quiet):
+    """Generate samples into a resumable run directory; the result is an evaluator-compatible npz.
+
+    Sample i uses its own random generator (seed, i), so the images do not depend on the batch
+    size, the number of processes or where a run was resumed. Finished batches are written as
+    shards; rerunning the same command skips them. Several GPUs or machines: launch with
+    `torchrun --nproc_per_node=K -m evalkit sample ...`.
+
+    \b
+    Examples:
+      evalkit sample --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
+          --classifier 64x64_classifier.pt --num-samples 50000 --batch-size 256 --out runs/adm64
+      evalkit sample --preset 128x128_diffusion --checkpoint 128x128_diffusion.pt \\
+          --timestep-respacing ddim25 --use-ddim --num-samples 1000 --out runs/ddim25
+      evalkit sample --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt --classes 0-9 \\
+          --upsampler 64_256_upsampler --upsampler-checkpoint 64_256_upsampler.pt --num-samples 100 --out runs/cascade
+      torchrun --nproc_per_node=8 -m evalkit sample --preset 256x256_diffusion \\
+          --checkpoint 256x256_diffusion.pt --num-samples 50000 --out runs/adm256
+    """
+    from evalkit.generate import make_sampling_config, run_sampling
+
+    dev = resolve_device(device)
+    config = make_sampling_config(
+        checkpoint=checkpoint, num_samples=num_samples, preset=preset, model_flags=model_flags, seed=seed,
+        timestep_respacing=timestep_respacing, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
+        classes=classes, classifier=classifier, classifier_preset=classifier_preset,
+        classifier_flags=classifier_flags, classifier_scale=classifier_scale, use_fp16=use_fp16,
+        upsampler=upsampler, upsampler_flags=upsampler_flags, upsampler_checkpoint=upsampler_checkpoint,
+        upsampler_respacing=upsampler_respacing, upsampler_seed=upsampler_seed)
+    if dry_run:
+        _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
+        return
+    try:
+        run = run_sampling(config, out_dir, dev, batch_size=batch_size, progress=not quiet, keep_shards=keep_shards)
+        _echo_summary(run)
+    finally:
+        shutdown_distributed()
+
+
+@main.command("upsample", context_settings={"show_default": True})
+@click.argument("lowres", type=click.Path(), metavar="LOWRES.npz")
+@click.option("--preset", type=click.Choice(_names("upsampler")), default=None, metavar="NAME",
+              help="Upsampler preset, e.g. 64_256_upsampler.")
+@click.option("--flags", default=None, metavar='"FLAGS"',
+              help="guided-diffusion super-res flags of a custom upsampler instead of --preset.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Upsampler weights.  [default: the preset's bundled or fetched file]")
+@click.option("--timestep-respacing", default=None, metavar="SPEC",
+              help="Respaced steps (always ancestral sampling).  [default: the preset's paper setting]")
+@click.option("--num-samples", type=int, default=None, metavar="N",
+              help="Upsample only the first N base samples.  [default: all]")
+@_common_run_options
+def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_samples, batch_size, seed,
+                     out_dir, device, use_fp16, keep_shards, dry_run, quiet):
+    """Upsample existing base samples (npz with arr_0 uint8 [N, h, w, 3], labels in arr_1).
+
+    The low-res conditioning is exactly the reference's: uint8 / 127.5 - 1 at the stored size
+    (h must equal the upsampler's small_size), labels from arr_1 for class-conditional models,
+    ancestral sampling. Upsampled sample i uses generator (seed, i).
+
+    \b
+    Examples:
+      evalkit upsample runs/adm64/samples_50000x64x64x3.npz --preset 64_256_upsampler \\
+          --checkpoint 64_256_upsampler.pt --out runs/adm64_256
+      torchrun --nproc_per_node=8 -m evalkit upsample base.npz --preset 128_512_upsampler \\
+          --checkpoint 128_512_upsampler.pt --batch-size 8 --out runs/up512
+    """
+    from evalkit.generate import make_upsampling_config, run_upsampling
+
+    dev = resolve_device(device)
+    config = make_upsampling_config(lowres, checkpoint=checkpoint, preset=preset, flags=flags,
+                                    timestep_respacing=timestep_respacing, seed=seed, num_samples=num_samples,
+                                    use_fp16=use_fp16)
+    if dry_run:
+        _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
+        return
+    try:
+        run = run_upsampling(config, out_dir, dev, batch_size=batch_size, progress=not quiet, keep_shards=keep_shards)
+        _echo_summary(run)
+    finally:
+        shutdown_distributed()
