@@ -183,7 +183,7 @@ class UpsamplerSettings:
     def settings(self) -> dict[str, Any]:
         return {"upsampler": self.model.settings(), "timestep_respacing": self.timestep_respacing,
                 "seed": self.seed, "clip_denoised": self.clip_denoised, "use_fp16": self.use_fp16,
-                "sampler": "ancestral"}
+                "sampler": "ancestral", "compute_chunk": COMPUTE_CHUNK}
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class SamplingConfig:
             "classes": list(self.classes) if self.classes is not None else None,
             "classifier": self.classifier.settings() if self.classifier else None,
             "classifier_scale": self.classifier_scale, "use_fp16": self.use_fp16,
-            "classifier_use_fp16": self.classifier_use_fp16,
+            "classifier_use_fp16": self.classifier_use_fp16, "compute_chunk": COMPUTE_CHUNK,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -461,6 +461,41 @@ class SampleNoise:
 
 
 # ---------------------------------------------------------------------------------------------
+# Batch-size independence of the networks' arithmetic
+
+#: Every network call of the harness runs on chunks of exactly this many samples (the last chunk
+#: padded with copies of its first row, whose outputs are dropped). CPU and GPU kernels round
+#: differently for different batch shapes, but identically for every position of a fixed shape, so
+#: each sample gets the same bits whatever --batch-size is. Part of a run's identity.
+COMPUTE_CHUNK = 8
+
+
+class FixedChunk(torch.nn.Module):
+    """Run ``net(x, t, **kwargs)`` on fixed-size chunks of the batch; outputs equal the unchunked
+    call's up to the last bit, and do not depend on the batch size. Differentiable (guidance)."""
+
+    def __init__(self, net: torch.nn.Module, chunk: int = COMPUTE_CHUNK):
+        super().__init__()
+        self.net = net
+        self.chunk = chunk
+
+    @staticmethod
+    def _pad(a: torch.Tensor, pad: int) -> torch.Tensor:
+        if pad == 0:
+            return a
+        return torch.cat([a, a[:1].detach().expand(pad, *a.shape[1:])])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        n, outs = x.shape[0], []
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            pad = self.chunk - (e - s)
+            chunk_kwargs = {k: self._pad(v[s:e], pad) for k, v in kwargs.items()}
+            outs.append(self.net(self._pad(x[s:e], pad), self._pad(t[s:e], pad), **chunk_kwargs)[: e - s])
+        return torch.cat(outs)
+
+
+# ---------------------------------------------------------------------------------------------
 # Models → batch functions
 
 def _load(spec: ModelSpec, device: torch.device, use_fp16: bool | None):
@@ -489,6 +524,8 @@ def batch_fn_for(config: SamplingConfig, device: torch.device, model: torch.nn.M
     """
     diffusion = create_diffusion(**{**diffusion_settings, "timestep_respacing": config.timestep_respacing})
     size = config.model.image_size
+    model = FixedChunk(model)
+    classifier = FixedChunk(classifier) if classifier is not None else None
 
     def fn(indices: range) -> tuple[np.ndarray, np.ndarray | None]:
         rng = SampleNoise(config.seed, indices, device)
@@ -508,6 +545,7 @@ def upsample_batch_fn(settings: UpsamplerSettings, rows: BatchReader, device: to
     """``fn(indices)``: upsample base samples ``indices`` of ``rows`` (labels kept from arr_1)."""
     loaded = _load(settings.model, device, settings.use_fp16)
     diffusion = create_diffusion(**{**loaded.diffusion, "timestep_respacing": settings.timestep_respacing})
+    net = FixedChunk(loaded.module)
     size = settings.model.image_size
 
     def fn(indices: range) -> tuple[np.ndarray, np.ndarray | None]:
@@ -520,7 +558,7 @@ def upsample_batch_fn(settings: UpsamplerSettings, rows: BatchReader, device: to
         if settings.model.class_cond:
             kwargs["y"] = torch.from_numpy(labels).to(device)
         x_T = rng.randn((3, size, size))
-        denoiser = adm_denoiser(loaded.module, diffusion, clip_denoised=settings.clip_denoised, model_kwargs=kwargs)
+        denoiser = adm_denoiser(net, diffusion, clip_denoised=settings.clip_denoised, model_kwargs=kwargs)
         x0 = sample(denoiser, diffusion, x_T, sampler="ancestral", noise=rng.step_noise)
         return to_uint8(x0), labels
 
