@@ -325,8 +325,8 @@ def make_sampling_config(*, checkpoint: str | None, num_samples: int, preset: st
     """
     if num_samples is None or int(num_samples) <= 0:
         raise ConfigError(f"--num-samples must be a positive integer, got {num_samples}")
-    if eta < 0:
-        raise ConfigError(f"--eta must be >= 0, got {eta}")
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"--eta must lie in [0, 1] (DDIM's noise fraction), got {eta}")
     model = _model_spec("diffusion", preset, model_flags, checkpoint, "--checkpoint")
     p = get_preset(preset) if preset else None
     if timestep_respacing is None:
