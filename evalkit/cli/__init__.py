@@ -12,5 +12,6 @@ from evalkit.cli import presets_cmd  # noqa: E402,F401
 from evalkit.cli import report_cmd  # noqa: E402,F401
 from evalkit.cli import sample_cmd  # noqa: E402,F401
 from evalkit.cli import sweep_cmd  # noqa: E402,F401
+from evalkit.cli import refbuild_cmd, demo_cmd  # noqa: E402,F401
 
 __all__ = ["main"]

@@ -1,0 +1,238 @@
+"""Presets: the released guided-diffusion checkpoints by name, with their architecture flags and the
+sampling settings of the paper, in one registry.
+
+Facts from openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c (README.md,
+model-card.md) and Dhariwal & Nichol 2021 (guidance scales, step counts), as collected in
+``spec/checkpoints.md``. Architecture lives next to the name: ``readme_flags`` is the README's
+``MODEL_FLAGS`` string and ``flags`` the dict it resolves to over the reference defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from evalkit.errors import ConfigError
+from evalkit.flags import KINDS, diffusion_settings, parse_flags
+
+URL_BASE = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named model: architecture (flags), provenance and the paper's sampling settings.
+
+    ``image_size`` is the output resolution (``large_size`` for upsamplers, whose input size is
+    ``small_size``). ``classifier``/``classifier_scale``: the paired guidance classifier preset and the
+    paper's guidance scale (None: sampled unguided). ``base``: for an upsampler, the diffusion preset
+    whose samples it upsamples. ``sha256`` None means no checksum was published. ``paper_results``
+    maps metric names (``fid``, ``precision``, ``recall``) to the published values. ``weights``: a
+    local weights file bundled with evalkit (demo models), else None.
+    """
+
+    name: str
+    kind: str
+    readme_flags: str
+    image_size: int
+    class_cond: bool
+    url: str | None = None
+    sha256: str | None = None
+    small_size: int | None = None
+    timestep_respacing: str = "250"
+    use_ddim: bool = False
+    classifier: str | None = None
+    classifier_scale: float | None = None
+    base: str | None = None
+    paper_results: Mapping[str, float] = field(default_factory=dict, hash=False)
+    dataset: str = ""
+    description: str = ""
+    weights: str | None = None
+    num_params: int | None = None
+    flags: Mapping[str, Any] = field(init=False, hash=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"preset name {self.name!r} is malformed (letters, digits, '_', '.', '-'; "
+                              f"starting with a letter or digit; at most 64 characters)")
+        if self.kind not in KINDS:
+            raise ConfigError(f"preset {self.name}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.sha256 is not None and not _SHA.match(self.sha256):
+            raise ConfigError(f"preset {self.name}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        parsed = parse_flags(self.readme_flags, self.kind)
+        flags = parsed.net
+        size = flags["large_size"] if self.kind == "upsampler" else flags["image_size"]
+        if size != self.image_size:
+            raise ConfigError(f"preset {self.name}: image_size {self.image_size} contradicts its flags ({size})")
+        if self.kind == "upsampler" and self.small_size != flags["small_size"]:
+            raise ConfigError(f"preset {self.name}: small_size {self.small_size} contradicts its flags "
+                              f"({flags['small_size']})")
+        if self.kind != "classifier" and bool(flags["class_cond"]) != self.class_cond:
+            raise ConfigError(f"preset {self.name}: class_cond {self.class_cond} contradicts its flags")
+        object.__setattr__(self, "flags", MappingProxyType(dict(flags)))
+        object.__setattr__(self, "paper_results", MappingProxyType(dict(self.paper_results)))
+
+    def diffusion_settings(self, timestep_respacing: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``evalkit.diffusion.create_diffusion``, respaced as the paper sampled
+        (``timestep_respacing`` overrides). Empty for classifiers."""
+        if self.kind == "classifier":
+            return {}
+        settings = diffusion_settings(self.flags)
+        settings["timestep_respacing"] = self.timestep_respacing if timestep_respacing is None else timestep_respacing
+        return settings
+
+    def __reduce__(self):
+        # Rebuild from the constructor arguments (mapping proxies do not pickle; flags are re-derived).
+        args = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        args["paper_results"] = dict(args["paper_results"])
+        return (_rebuild_preset, (args,))
+
+    @property
+    def resolution(self) -> str:
+        """Human-readable resolution, e.g. ``"64"`` or ``"64->256"``."""
+        return f"{self.small_size}->{self.image_size}" if self.kind == "upsampler" else str(self.image_size)
+
+
+def _rebuild_preset(args: dict[str, Any]) -> Preset:
+    return Preset(**args)
+
+
+#: The one preset registry, keyed by name (the checkpoint file stem for released models).
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset, replace: bool = False) -> Preset:
+    """Add ``preset`` to :data:`PRESETS`; a duplicate name raises ConfigError unless ``replace``."""
+    if not isinstance(preset, Preset):
+        raise ConfigError(f"register_preset expects a Preset, got {type(preset).__name__}")
+    if preset.name in PRESETS and not replace:
+        raise ConfigError(f"a preset named {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+#: Modules (and the attribute holding their Preset tuple) whose presets ship with evalkit. They are
+#: imported by name on first need, not at import time: they import this module themselves.
+BUNDLED_PRESET_MODULES: dict[str, str] = {"evalkit.demo.models": "DIGITS_PRESETS"}
+
+
+def load_bundled_presets() -> list[str]:
+    """Register the presets of :data:`BUNDLED_PRESET_MODULES` not yet registered; return their names."""
+    added = []
+    for module_name, attribute in BUNDLED_PRESET_MODULES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for preset in getattr(module, attribute, ()):
+            if isinstance(preset, Preset) and preset.name not in PRESETS:
+                register_preset(preset)
+                added.append(preset.name)
+    return added
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """Look a preset up by name (a Preset passes through); unknown names list the known ones."""
+    if isinstance(name, Preset):
+        return name
+    if isinstance(name, str) and name not in PRESETS:
+        load_bundled_presets()
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def _released(name: str, kind: str, flags: str, size: int, cond: bool, params: int, **kw: Any) -> None:
+    register_preset(Preset(name=name, kind=kind, readme_flags=flags, image_size=size, class_cond=cond,
+                           url=URL_BASE + name + ".pt", sha256=None, num_params=params, **kw))
+
+
+_IMAGENET = "ImageNet (ILSVRC2012)"
+_F256 = ("--attention_resolutions 32,16,8 --class_cond {cond} --diffusion_steps 1000 {dropout}--image_size 256 "
+         "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 "
+         "--resblock_updown True --use_fp16 True --use_scale_shift_norm True")
+
+# ImageNet diffusion models (README "classifier guidance" section; guidance scales = paper Table 14 at 250 steps).
+_released("64x64_diffusion", "diffusion",
+          "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 --image_size 64 "
+          "--learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 --num_res_blocks 3 "
+          "--resblock_updown True --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True",
+          64, True, 295_904_454, classifier="64x64_classifier", classifier_scale=1.0, dataset=_IMAGENET,
+          paper_results={"fid": 2.07, "precision": 0.74, "recall": 0.63},
+          description="ADM 64x64 (dropout 0.1, cosine schedule, new attention order). README numbers; in the paper "
+                      "they are the unguided 'ADM (dropout)' row.")
+_released("128x128_diffusion", "diffusion",
+          "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 128 "
+          "--learn_sigma True --noise_schedule linear --num_channels 256 --num_heads 4 --num_res_blocks 2 "
+          "--resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+          128, True, 421_529_606, classifier="128x128_classifier", classifier_scale=0.5, dataset=_IMAGENET,
+          paper_results={"fid": 2.97, "precision": 0.78, "recall": 0.59}, description="ADM-G 128x128.")
+_released("256x256_diffusion", "diffusion", _F256.format(cond="True", dropout=""),
+          256, True, 553_838_086, classifier="256x256_classifier", classifier_scale=1.0, dataset=_IMAGENET,
+          paper_results={"fid": 4.59, "precision": 0.82, "recall": 0.52}, description="ADM-G 256x256.")
+_released("256x256_diffusion_uncond", "diffusion", _F256.format(cond="False", dropout=""),
+          256, False, 552_814_086, classifier="256x256_classifier", classifier_scale=10.0, dataset=_IMAGENET,
+          description="Class-unconditional ADM 256x256; guided by the 256x256 classifier (README scale 10.0).")
+_released("512x512_diffusion", "diffusion",
+          "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 512 "
+          "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 "
+          "--resblock_updown True --use_fp16 False --use_scale_shift_norm True",
+          512, True, 558_997_638, classifier="512x512_classifier", classifier_scale=4.0, dataset=_IMAGENET,
+          paper_results={"fid": 7.72, "precision": 0.87, "recall": 0.42},
+          description="ADM-G 512x512 (runs in float32).")
+
+# Noisy classifiers (classifier flags of the README commands; image_size is shared with the model).
+_released("64x64_classifier", "classifier", "--image_size 64 --classifier_depth 4", 64, True, 65_438_568,
+          dataset=_IMAGENET, timestep_respacing="", description="Noisy ImageNet classifier, depth 4.")
+for _size, _params in ((128, 42_568_040), (256, 54_096_360), (512, 54_448_360)):
+    _released(f"{_size}x{_size}_classifier", "classifier", f"--image_size {_size}", _size, True, _params,
+              dataset=_IMAGENET, timestep_respacing="", description="Noisy ImageNet classifier.")
+
+# Upsamplers (ADM-U): only the base model is guided; results are for the two-stage stack.
+_released("64_256_upsampler", "upsampler",
+          "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --large_size 256  --small_size 64 "
+          "--learn_sigma True --noise_schedule linear --num_channels 192 --num_heads 4 --num_res_blocks 2 "
+          "--resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+          256, True, 311_795_910, small_size=64, base="64x64_diffusion", dataset=_IMAGENET,
+          paper_results={"fid": 3.94, "precision": 0.83, "recall": 0.53},
+          description="ADM-U 64->256; results for ADM-G 64x64 + this upsampler.")
+_released("128_512_upsampler", "upsampler",
+          "--attention_resolutions 32,16 --class_cond True --diffusion_steps 1000 --large_size 512 --small_size 128 "
+          "--learn_sigma True --noise_schedule linear --num_channels 192 --num_head_channels 64 --num_res_blocks 2 "
+          "--resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+          512, True, 308_835_270, small_size=128, base="128x128_diffusion", dataset=_IMAGENET,
+          paper_results={"fid": 3.85, "precision": 0.84, "recall": 0.53},
+          description="ADM-U 128->512; results for ADM-G 128x128 + this upsampler.")
+
+# LSUN (unconditional, unguided, 1000 sampling steps as the README recommends).
+for _name, _ds, _res in (("lsun_bedroom", "LSUN bedroom", {"fid": 1.90, "precision": 0.66, "recall": 0.51}),
+                         ("lsun_cat", "LSUN cat", {"fid": 5.57, "precision": 0.63, "recall": 0.52}),
+                         ("lsun_horse", "LSUN horse", {"fid": 2.57, "precision": 0.71, "recall": 0.55})):
+    _released(_name, "diffusion", _F256.format(cond="False", dropout="--dropout 0.1 "), 256, False, 552_814_086,
+              timestep_respacing="1000", dataset=_ds, paper_results=_res, description=f"ADM (dropout) {_ds}.")
+_released("lsun_horse_nodropout", "diffusion", _F256.format(cond="False", dropout="--dropout 0.0 "), 256, False,
+          552_814_086, timestep_respacing="1000", dataset="LSUN horse",
+          description="ADM LSUN horse without dropout (no README number).")
+
+#: Names of the 15 checkpoints released with the paper.
+RELEASED = tuple(PRESETS)
+
+
+def describe_preset(name_or_preset: str | Preset) -> dict[str, Any]:
+    """A JSON-ready description of a preset: identity, flags, sampling settings, provenance, results."""
+    p = get_preset(name_or_preset)
+    return {
+        "name": p.name, "kind": p.kind, "resolution": p.resolution, "image_size": p.image_size,
+        "small_size": p.small_size, "class_cond": p.class_cond, "dataset": p.dataset,
+        "description": p.description, "num_params": p.num_params,
+        "sampling": {"timestep_respacing": p.timestep_respacing, "use_ddim": p.use_ddim,
+                     "classifier": p.classifier, "classifier_scale": p.classifier_scale, "base": p.base},
+        "readme_flags": p.readme_flags, "flags": dict(p.flags),
+        "diffusion": p.diffusion_settings(), "url": p.url, "sha256": p.sha256, "weights": p.weights,
+        "paper_results": dict(p.paper_results),
+    }
