@@ -24,7 +24,7 @@ from torch import nn
 from evalkit.errors import CheckpointError, ConfigError
 from evalkit.flags import KINDS, ParsedFlags, parse_flags
 from evalkit.models import build_from_parsed
-from evalkit.presets import PRESETS, Preset, get_preset, load_bundled_presets
+from evalkit.presets import PRESETS, Preset, get_preset
 from evalkit.runtime import resolve_device
 
 _SHOW = 5  # keys listed per category in a mismatch report
@@ -109,7 +109,6 @@ def _preset_signature(name: str, readme_flags: str, kind: str) -> dict[str, tupl
 def matching_presets(state: Mapping[str, torch.Tensor]) -> tuple[list[str], tuple[str, int, int] | None]:
     """Presets whose architecture has exactly these keys and shapes, and the closest one otherwise
     as ``(name, matching tensors, tensors in preset)`` (None when nothing overlaps)."""
-    load_bundled_presets()
     got = {k: tuple(v.shape) for k, v in state.items()}
     exact, best = [], None
     for name, preset in sorted(PRESETS.items()):

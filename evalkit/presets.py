@@ -9,7 +9,6 @@ model-card.md) and Dhariwal & Nichol 2021 (guidance scales, step counts), as col
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -115,32 +114,10 @@ def register_preset(preset: Preset, replace: bool = False) -> Preset:
     return preset
 
 
-#: Modules (and the attribute holding their Preset tuple) whose presets ship with evalkit. They are
-#: imported by name on first need, not at import time: they import this module themselves.
-BUNDLED_PRESET_MODULES: dict[str, str] = {"evalkit.demo.models": "DIGITS_PRESETS"}
-
-
-def load_bundled_presets() -> list[str]:
-    """Register the presets of :data:`BUNDLED_PRESET_MODULES` not yet registered; return their names."""
-    added = []
-    for module_name, attribute in BUNDLED_PRESET_MODULES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for preset in getattr(module, attribute, ()):
-            if isinstance(preset, Preset) and preset.name not in PRESETS:
-                register_preset(preset)
-                added.append(preset.name)
-    return added
-
-
 def get_preset(name: str | Preset) -> Preset:
     """Look a preset up by name (a Preset passes through); unknown names list the known ones."""
     if isinstance(name, Preset):
         return name
-    if isinstance(name, str) and name not in PRESETS:
-        load_bundled_presets()
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
@@ -221,6 +198,32 @@ _released("lsun_horse_nodropout", "diffusion", _F256.format(cond="False", dropou
 
 #: Names of the 15 checkpoints released with the paper.
 RELEASED = tuple(PRESETS)
+
+# The demo's models (``evalkit demo``): trained on the bundled 8×8 UCI digits by
+# ``scripts/train_digits.py`` with the same UNetModel / EncoderUNetModel code and flag parser as the
+# released checkpoints; weights ship in evalkit/data/ and are checked against these sha256.
+DIGITS_DIFFUSION_FLAGS = ("--image_size 8 --num_channels 32 --channel_mult 1,2 --num_res_blocks 1 "
+                          "--attention_resolutions 4 --num_head_channels 32 --class_cond True --num_classes 10 "
+                          "--learn_sigma True --resblock_updown True --use_scale_shift_norm True "
+                          "--noise_schedule cosine --diffusion_steps 1000")
+DIGITS_CLASSIFIER_FLAGS = ("--image_size 8 --classifier_width 32 --classifier_depth 1 --classifier_channel_mult 1,2 "
+                           "--classifier_attention_resolutions 4 --classifier_num_head_channels 32 "
+                           "--classifier_num_classes 10")
+_DIGITS = "UCI optical digits 8x8 (1797 images, CC BY 4.0; bundled)"
+DIGITS_PRESETS: tuple[Preset, ...] = (
+    register_preset(Preset(
+        name="digits8_diffusion", kind="diffusion", readme_flags=DIGITS_DIFFUSION_FLAGS, image_size=8,
+        class_cond=True, sha256="7809ae928b4bd25182180dae114ac91b452fb4deff4724b0b837b9f6813cc623",
+        weights="digits8_diffusion.pt", timestep_respacing="50", classifier="digits8_classifier",
+        classifier_scale=1.0, dataset=_DIGITS,
+        description="Demo: class-conditional ADM UNet trained on the bundled 8x8 digits "
+                    "(scripts/train_digits.py diffusion).")),
+    register_preset(Preset(
+        name="digits8_classifier", kind="classifier", readme_flags=DIGITS_CLASSIFIER_FLAGS, image_size=8,
+        class_cond=True, sha256="369cf8cef57b3823cf327fc5ebd897be99b03fdff9319dc5536f09fc2ec419e4",
+        weights="digits8_classifier.pt", timestep_respacing="", dataset=_DIGITS,
+        description="Demo: noisy digits classifier for guidance (scripts/train_digits.py classifier).")),
+)
 
 
 def describe_preset(name_or_preset: str | Preset) -> dict[str, Any]:

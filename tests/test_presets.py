@@ -65,18 +65,16 @@ def test_presets_pickle_and_compare():
     assert q == p and q.flags == p.flags and q.paper_results == p.paper_results
 
 
-def test_bundled_presets_are_registered_on_first_lookup(registry, monkeypatch):
-    import sys
-    import types
+def test_demo_presets_are_registered_with_their_bundled_weights():
+    from importlib import resources
 
-    import evalkit.presets as presets
-    fake = types.ModuleType("fake_bundle")
-    fake.MORE = (Preset(name="tiny8_bundled", kind="diffusion", readme_flags=TINY, image_size=8, class_cond=True),)
-    monkeypatch.setitem(sys.modules, "fake_bundle", fake)
-    monkeypatch.setattr(presets, "BUNDLED_PRESET_MODULES", {"fake_bundle": "MORE", "no_such_module_xyz": "X"})
-    assert "tiny8_bundled" not in presets.PRESETS
-    assert get_preset("tiny8_bundled") is fake.MORE[0]
-    assert presets.load_bundled_presets() == []  # idempotent
+    from evalkit.checkpoints import sha256_file
+
+    for name in ("digits8_diffusion", "digits8_classifier"):
+        preset = get_preset(name)
+        path = resources.files("evalkit.data").joinpath(preset.weights)
+        assert sha256_file(str(path)) == preset.sha256
+    assert get_preset("digits8_diffusion").classifier == "digits8_classifier"
 
 
 def test_unknown_preset_lists_known_names():

@@ -9,7 +9,7 @@ import click
 
 from evalkit.cli.group import main
 from evalkit.models import preset_num_params
-from evalkit.presets import PRESETS, describe_preset, get_preset, load_bundled_presets
+from evalkit.presets import PRESETS, describe_preset, get_preset
 
 
 def _sampling(info: dict) -> str:
@@ -59,7 +59,6 @@ def presets_cmd(name: str | None, as_json: bool) -> None:
       evalkit presets 64x64_diffusion
       evalkit presets 256x256_classifier --json
     """
-    load_bundled_presets()
     names = [get_preset(name).name] if name else list(PRESETS)
     infos = []
     for n in names:
