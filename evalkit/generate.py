@@ -47,6 +47,12 @@ from evalkit.samplers import sample
 from evalkit.store import BatchReader, open_batch
 
 NUM_CLASSES = 1000
+#: Default number of samples per network call (``--compute-chunk``). Every network call of the harness
+#: runs on chunks of exactly this many samples (the last chunk padded with copies of its first row,
+#: whose outputs are dropped). CPU and GPU kernels round differently for different batch shapes, but
+#: identically for every position of a fixed shape, so each sample gets the same bits whatever
+#: --batch-size is. Part of a run's identity; larger chunks are faster on GPUs.
+COMPUTE_CHUNK = 16
 BatchFn = Callable[[range], tuple[np.ndarray, "np.ndarray | None"]]
 
 
@@ -179,11 +185,12 @@ class UpsamplerSettings:
     seed: int
     clip_denoised: bool = True
     use_fp16: bool | None = None
+    compute_chunk: int = COMPUTE_CHUNK
 
     def settings(self) -> dict[str, Any]:
         return {"upsampler": self.model.settings(), "timestep_respacing": self.timestep_respacing,
                 "seed": self.seed, "clip_denoised": self.clip_denoised, "use_fp16": self.use_fp16,
-                "sampler": "ancestral", "compute_chunk": COMPUTE_CHUNK}
+                "sampler": "ancestral", "compute_chunk": self.compute_chunk}
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,7 @@ class SamplingConfig:
     use_fp16: bool | None = None
     classifier_use_fp16: bool | None = None
     upsampler: UpsamplerSettings | None = None
+    compute_chunk: int = COMPUTE_CHUNK
 
     def for_device(self, device: torch.device) -> "SamplingConfig":
         """Fill unset fp16 choices as the loader would on ``device`` (fp16 changes the images)."""
@@ -241,7 +249,7 @@ class SamplingConfig:
             "classes": list(self.classes) if self.classes is not None else None,
             "classifier": self.classifier.settings() if self.classifier else None,
             "classifier_scale": self.classifier_scale, "use_fp16": self.use_fp16,
-            "classifier_use_fp16": self.classifier_use_fp16, "compute_chunk": COMPUTE_CHUNK,
+            "classifier_use_fp16": self.classifier_use_fp16, "compute_chunk": self.compute_chunk,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,14 +304,21 @@ def _check_respacing(spec: str, option: str) -> str:
     return spec
 
 
+def _check_chunk(chunk: int) -> int:
+    if int(chunk) != chunk or chunk < 1:
+        raise ConfigError(f"--compute-chunk must be a positive integer, got {chunk!r}")
+    return int(chunk)
+
+
 def _upsampler_settings(preset: str | None, flags: str | None, checkpoint: str | None,
                         respacing: str | None, seed: int, clip_denoised: bool,
-                        use_fp16: bool | None, prefix: str) -> UpsamplerSettings:
+                        use_fp16: bool | None, prefix: str, compute_chunk: int = COMPUTE_CHUNK) -> UpsamplerSettings:
     model = _model_spec("upsampler", preset, flags, checkpoint, f"{prefix}checkpoint")
     if respacing is None:
         respacing = _default_respacing(model)
     return UpsamplerSettings(model=model, timestep_respacing=_check_respacing(respacing, f"{prefix}respacing"),
-                             seed=int(seed), clip_denoised=clip_denoised, use_fp16=use_fp16)
+                             seed=int(seed), clip_denoised=clip_denoised, use_fp16=use_fp16,
+                             compute_chunk=_check_chunk(compute_chunk))
 
 
 def make_sampling_config(*, checkpoint: str | None, num_samples: int, preset: str | None = None,
@@ -315,7 +330,8 @@ def make_sampling_config(*, checkpoint: str | None, num_samples: int, preset: st
                          use_fp16: bool | None = None, upsampler: str | None = None,
                          upsampler_flags: str | None = None, upsampler_checkpoint: str | None = None,
                          upsampler_respacing: str | None = None,
-                         upsampler_seed: int | None = None) -> SamplingConfig:
+                         upsampler_seed: int | None = None,
+                         compute_chunk: int = COMPUTE_CHUNK) -> SamplingConfig:
     """Validate options, fill in the preset's paper sampling settings and hash the weights.
 
     Defaults from a preset: ``timestep_respacing``, ``use_ddim``, the classifier preset and
@@ -378,7 +394,7 @@ def make_sampling_config(*, checkpoint: str | None, num_samples: int, preset: st
     if upsampler or upsampler_flags or upsampler_checkpoint:
         ups = _upsampler_settings(upsampler, upsampler_flags, upsampler_checkpoint, upsampler_respacing,
                                   int(seed) + 1 if upsampler_seed is None else upsampler_seed,
-                                  clip_denoised, use_fp16, "--upsampler-")
+                                  clip_denoised, use_fp16, "--upsampler-", compute_chunk)
         if ups.model.small_size is not None and ups.model.small_size != model.image_size:
             raise ConfigError(f"upsampler expects {ups.model.small_size}x{ups.model.small_size} inputs but "
                               f"the base model makes {model.image_size}x{model.image_size} samples")
@@ -389,20 +405,20 @@ def make_sampling_config(*, checkpoint: str | None, num_samples: int, preset: st
                           timestep_respacing=timestep_respacing, eta=float(eta), clip_denoised=clip_denoised,
                           classes=labels, classifier=clf,
                           classifier_scale=None if classifier_scale is None else float(classifier_scale),
-                          use_fp16=use_fp16, upsampler=ups)
+                          use_fp16=use_fp16, upsampler=ups, compute_chunk=_check_chunk(compute_chunk))
 
 
 def make_upsampling_config(base_samples: str, *, checkpoint: str | None, preset: str | None = None,
                            flags: str | None = None, timestep_respacing: str | None = None, seed: int = 0,
                            num_samples: int | None = None, clip_denoised: bool = True,
-                           use_fp16: bool | None = None) -> UpsamplingConfig:
+                           use_fp16: bool | None = None, compute_chunk: int = COMPUTE_CHUNK) -> UpsamplingConfig:
     """Config for upsampling an existing npz (arr_0 uint8 [N, h, w, 3], optional arr_1 labels).
 
     Raises BatchFormatError for an unreadable input, InputError when its resolution differs from
     the upsampler's small_size or when a class-conditional upsampler gets no labels.
     """
     ups = _upsampler_settings(preset, flags, checkpoint, timestep_respacing, seed, clip_denoised,
-                              use_fp16, "--")
+                              use_fp16, "--", compute_chunk)
     with open_batch(base_samples) as reader:
         _check_base(reader, ups.model, base_samples)
         n = reader.num_images
@@ -463,11 +479,6 @@ class SampleNoise:
 # ---------------------------------------------------------------------------------------------
 # Batch-size independence of the networks' arithmetic
 
-#: Every network call of the harness runs on chunks of exactly this many samples (the last chunk
-#: padded with copies of its first row, whose outputs are dropped). CPU and GPU kernels round
-#: differently for different batch shapes, but identically for every position of a fixed shape, so
-#: each sample gets the same bits whatever --batch-size is. Part of a run's identity.
-COMPUTE_CHUNK = 8
 
 
 class FixedChunk(torch.nn.Module):
@@ -524,8 +535,8 @@ def batch_fn_for(config: SamplingConfig, device: torch.device, model: torch.nn.M
     """
     diffusion = create_diffusion(**{**diffusion_settings, "timestep_respacing": config.timestep_respacing})
     size = config.model.image_size
-    model = FixedChunk(model)
-    classifier = FixedChunk(classifier) if classifier is not None else None
+    model = FixedChunk(model, config.compute_chunk)
+    classifier = FixedChunk(classifier, config.compute_chunk) if classifier is not None else None
 
     def fn(indices: range) -> tuple[np.ndarray, np.ndarray | None]:
         rng = SampleNoise(config.seed, indices, device)
@@ -545,7 +556,7 @@ def upsample_batch_fn(settings: UpsamplerSettings, rows: BatchReader, device: to
     """``fn(indices)``: upsample base samples ``indices`` of ``rows`` (labels kept from arr_1)."""
     loaded = _load(settings.model, device, settings.use_fp16)
     diffusion = create_diffusion(**{**loaded.diffusion, "timestep_respacing": settings.timestep_respacing})
-    net = FixedChunk(loaded.module)
+    net = FixedChunk(loaded.module, settings.compute_chunk)
     size = settings.model.image_size
 
     def fn(indices: range) -> tuple[np.ndarray, np.ndarray | None]:

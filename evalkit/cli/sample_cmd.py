@@ -11,6 +11,7 @@ import json
 import click
 
 from evalkit.cli.group import main
+from evalkit.generate import COMPUTE_CHUNK
 from evalkit.presets import PRESETS
 from evalkit.runtime import is_main, resolve_device, shutdown_distributed
 
@@ -25,6 +26,10 @@ def _common_run_options(func):
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="B",
                      help="Samples per forward batch on each process (does not change the images' noise; "
                           "may differ when resuming)."),
+        click.option("--compute-chunk", type=click.IntRange(min=1), default=COMPUTE_CHUNK, show_default=True,
+                     metavar="C", help="Samples per network call (the last call of a batch is padded). Images "
+                                       "are bit-identical for any --batch-size with the same C; larger C is "
+                                       "faster on GPUs. Part of the run's settings."),
         click.option("--seed", type=int, default=0, show_default=True, metavar="S",
                      help="Sample i draws its label, x_T and step noise from the generator (S, i)."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, metavar="DIR",
@@ -101,7 +106,7 @@ def _echo_summary(run) -> None:
 def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respacing, use_ddim, eta,
                    clip_denoised, classifier, classifier_preset, classifier_flags, classifier_scale, classes,
                    upsampler, upsampler_flags, upsampler_checkpoint, upsampler_respacing, upsampler_seed,
-                   batch_size, seed, out_dir, device, use_fp16, keep_shards, dry_run, quiet):
+                   batch_size, compute_chunk, seed, out_dir, device, use_fp16, keep_shards, dry_run, quiet):
     """Generate samples into a resumable run directory; the result is an evaluator-compatible npz.
 
     Sample i uses its own random generator (seed, i), so the images do not depend on the batch
@@ -129,7 +134,7 @@ def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respac
         classes=classes, classifier=classifier, classifier_preset=classifier_preset,
         classifier_flags=classifier_flags, classifier_scale=classifier_scale, use_fp16=use_fp16,
         upsampler=upsampler, upsampler_flags=upsampler_flags, upsampler_checkpoint=upsampler_checkpoint,
-        upsampler_respacing=upsampler_respacing, upsampler_seed=upsampler_seed)
+        upsampler_respacing=upsampler_respacing, upsampler_seed=upsampler_seed, compute_chunk=compute_chunk)
     if dry_run:
         _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
         return
@@ -153,7 +158,7 @@ def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respac
 @click.option("--num-samples", type=int, default=None, metavar="N",
               help="Upsample only the first N base samples.  [default: all]")
 @_common_run_options
-def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_samples, batch_size, seed,
+def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_samples, batch_size, compute_chunk, seed,
                      out_dir, device, use_fp16, keep_shards, dry_run, quiet):
     """Upsample existing base samples (npz with arr_0 uint8 [N, h, w, 3], labels in arr_1).
 
@@ -173,7 +178,7 @@ def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_
     dev = resolve_device(device)
     config = make_upsampling_config(lowres, checkpoint=checkpoint, preset=preset, flags=flags,
                                     timestep_respacing=timestep_respacing, seed=seed, num_samples=num_samples,
-                                    use_fp16=use_fp16)
+                                    use_fp16=use_fp16, compute_chunk=compute_chunk)
     if dry_run:
         _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
         return

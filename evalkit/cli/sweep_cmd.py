@@ -64,7 +64,7 @@ def _config(kw: dict, classifier_scale: float | None):
         classifier_flags=kw["classifier_flags"], classifier_scale=classifier_scale, use_fp16=kw["use_fp16"],
         upsampler=kw["upsampler"], upsampler_flags=kw["upsampler_flags"],
         upsampler_checkpoint=kw["upsampler_checkpoint"], upsampler_respacing=kw["upsampler_respacing"],
-        upsampler_seed=kw["upsampler_seed"])
+        upsampler_seed=kw["upsampler_seed"], compute_chunk=kw["compute_chunk"])
 
 
 @sampling_options()
