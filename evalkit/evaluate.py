@@ -224,11 +224,25 @@ def compute_features(batch, extractor, batch_size: int = 64, device: str | torch
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
-def _reference_statistics(reader, dims: dict[str, int], source: str) -> dict[str, np.ndarray] | None:
-    """The reference file's precomputed statistics if usable with this extractor, else None (warns)."""
+def _reference_statistics(reader, dims: dict[str, int], source: str,
+                          identity: dict | None = None) -> dict[str, np.ndarray] | None:
+    """The reference file's precomputed statistics if usable with this extractor, else None (warns).
+
+    A reference written by `evalkit ref build` records the feature network its statistics came from
+    (``evalkit_meta``); statistics of another network, or of other weights, are not used.
+    """
     stats = reader.statistics
     if not stats:
         return None
+    built_with = _statistics_extractor(reader)
+    if built_with is not None and identity is not None:
+        differs = [k for k in ("name", "weights_sha256") if k in built_with and built_with.get(k) != identity.get(k)]
+        if differs:
+            warnings.warn(f"{source}: its statistics were computed with feature network "
+                          f"{built_with.get('name')!r} (weights {str(built_with.get('weights_sha256'))[:12]}…), not "
+                          f"{identity.get('name')!r} (weights {str(identity.get('weights_sha256'))[:12]}…); "
+                          f"computing the reference statistics from its images instead", stacklevel=3)
+            return None
     missing = [k for k in STAT_KEYS if k not in stats]
     if missing:
         raise BatchFormatError(f"{source}: has precomputed statistics but lacks {', '.join(missing)}; "
@@ -241,6 +255,15 @@ def _reference_statistics(reader, dims: dict[str, int], source: str) -> dict[str
                       f"gives {want}; computing the reference statistics from its images instead", stacklevel=3)
         return None
     return {k: np.asarray(stats[k]) for k in STAT_KEYS}
+
+
+def _statistics_extractor(reader) -> dict | None:
+    """The extractor identity an `evalkit ref build` reference records, or None (OpenAI's files)."""
+    from evalkit.refbuild import META_KEY, reference_meta
+
+    if reader.format != "npz" or META_KEY not in getattr(reader, "extra_keys", ()):
+        return None
+    return (reference_meta(reader.path) or {}).get("extractor")
 
 
 def _warn_ill_conditioned(n: int, dims: dict[str, int], what: str) -> None:
@@ -286,7 +309,7 @@ def evaluate(sample, ref, extractor=None, *, batch_size: int = 64, device: str |
         warnings.warn(ResolutionWarning(f"sample images are {sh}x{sw} but reference images are {rh}x{rw}; the "
                                         f"network resizes both, but compare batches of the same resolution"),
                       stacklevel=2)
-    ref_stats = _reference_statistics(ref_reader, dims, ref_src)
+    ref_stats = _reference_statistics(ref_reader, dims, ref_src, extractor.identity())
     _warn_ill_conditioned(sample_reader.num_images, dims, f"sample batch {sample_src}")
     if ref_stats is None:
         _warn_ill_conditioned(ref_reader.num_images, dims, f"reference batch {ref_src}")

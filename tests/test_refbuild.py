@@ -209,3 +209,23 @@ def test_library_errors_are_evalkit_errors(cache_root, source, tmp_path):
         build_reference(short, tmp_path / "r.npz", "digits", subset=4, progress=False)
     assert not (tmp_path / "r.npz").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.npz")]
+
+
+def test_statistics_of_another_feature_network_are_not_used(cache_root, source, digits, tmp_path):
+    import sys
+    import warnings
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny_extractor  # noqa: F401  (registers tiny-test and tiny-test-alt: same sizes, other weights)
+
+    ref = build_reference(source, tmp_path / "ref.npz", extractor="tiny-test", subset=200, progress=False)
+    samples = tmp_path / "samples.npz"
+    write_npz(samples, digits[0][400:600])
+    same = evaluate(samples, ref, build_extractor("tiny-test"), progress=False, cache=False)
+    assert same["provenance"]["reference_statistics"] == "file"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = evaluate(samples, ref, build_extractor("tiny-test-alt"), progress=False, cache=False)
+    assert other["provenance"]["reference_statistics"] == "computed"
+    assert any("were computed with feature network 'tiny-test'" in str(w.message) for w in caught)
