@@ -93,8 +93,10 @@ def measure(model, parsed, flags: str, device: torch.device, use_fp16: bool, num
     size = parsed.net["image_size"]
     spec = ModelSpec(kind="diffusion", checkpoint="<random>", checkpoint_sha256="0" * 64, image_size=size,
                      class_cond=True, flags=flags, num_classes=1000)
+    # Network calls of the same shape as the bare loop's (--compute-chunk = batch size): this measures
+    # the harness's own cost, not the padding a smaller batch than the chunk would add.
     config = SamplingConfig(model=spec, num_samples=num_samples, seed=0, sampler=sampler,
-                            timestep_respacing=respacing, use_fp16=use_fp16)
+                            timestep_respacing=respacing, use_fp16=use_fp16, compute_chunk=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         if warmup:  # allocator, cuDNN autotuning, lazy imports: one batch of each
             bare_loop(model, diffusion, device, batch_size, batch_size, size, sampler)
