@@ -34,6 +34,7 @@ from evalkit.results import (
     PANDAS_DTYPES,
     SCHEMA,
     coerce_columns,
+    column_problems,
     empty_table,
     read_csv_text,
     validate_table,
@@ -62,15 +63,9 @@ def validate_baselines(df: pd.DataFrame, where: str) -> pd.DataFrame:
     Raises InputError naming `where` when a required column (label, image_size, source) is
     missing, a column is unknown, a source cell is empty, or a number cell is not a number.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    extra = [c for c in df.columns if c not in BASELINE_SCHEMA]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing columns: {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected columns: {', '.join(map(str, extra))}")
-        raise InputError(f"{where}: not a baselines table ({'; '.join(parts)}); expected the results columns "
+    problems = column_problems(df, REQUIRED_COLUMNS, BASELINE_SCHEMA)
+    if problems:
+        raise InputError(f"{where}: not a baselines table ({problems}); expected the results columns "
                          f"plus {', '.join(EXTRA_COLUMNS)}, with a source for every row")
     out = coerce_columns(df, BASELINE_SCHEMA, where)
     no_source = out["source"].isna()

@@ -164,21 +164,27 @@ def coerce_columns(df: pd.DataFrame, schema: Mapping[str, str], where: str) -> p
     return out
 
 
+def column_problems(df: pd.DataFrame, required, allowed) -> str:
+    """"missing columns: …; unexpected columns: …" for `df` against `required`/`allowed`, or ""."""
+    missing = [c for c in required if c not in df.columns]
+    extra = [c for c in df.columns if c not in allowed]
+    parts = []
+    if missing:
+        parts.append(f"missing columns: {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected columns: {', '.join(map(str, extra))}")
+    return "; ".join(parts)
+
+
 def validate_table(df: pd.DataFrame, where: str = "results table") -> pd.DataFrame:
     """Check `df` against the schema and return it with canonical column order and dtypes.
 
     Raises InputError naming `where` and the missing / extra columns, a cell that is not a
     number where one is expected, or an unknown sampler.
     """
-    missing = [c for c in COLUMNS if c not in df.columns]
-    extra = [c for c in df.columns if c not in SCHEMA and c not in OPTIONAL_SCHEMA]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing columns: {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected columns: {', '.join(map(str, extra))}")
-        raise InputError(f"{where}: not an evalkit results table ({'; '.join(parts)}); "
+    problems = column_problems(df, COLUMNS, {**SCHEMA, **OPTIONAL_SCHEMA})
+    if problems:
+        raise InputError(f"{where}: not an evalkit results table ({problems}); "
                          f"expected the columns of evalkit.results.COLUMNS: {', '.join(COLUMNS)}")
     out = coerce_columns(df, {**SCHEMA, **OPTIONAL_SCHEMA}, where)
     bad_sampler = out["sampler"].notna() & ~out["sampler"].isin(SAMPLERS)
