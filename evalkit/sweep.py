@@ -355,6 +355,19 @@ def score_setting(config: SamplingConfig, run_dir: str | os.PathLike, reference:
     return SettingResult(row=full, metrics=metrics, skipped=False, run_dir=run_dir)
 
 
+def _rows_and_done(configs: Sequence[SamplingConfig], reference: "Reference", csv, extractor, device,
+                   label: str | None):
+    """(extractor, the CSV row of each config, run_ids already in `csv`). Rank 0 hashes the reference
+    and reads the CSV; every rank gets the same run_ids."""
+    if extractor is None or isinstance(extractor, str):
+        extractor = build_extractor(extractor, device)
+    features = getattr(extractor, "name", None) or extractor.identity().get("name")
+    ref_sha, done = _on_rank0(lambda: (reference.content_hash(), done_run_ids(csv)))
+    rows = [settings_row(cfg, reference=reference.name, reference_sha256=ref_sha, features=features, label=label)
+            for cfg in configs]
+    return extractor, rows, done
+
+
 def sample_and_score(config: SamplingConfig, out_dir: str | os.PathLike, ref: str | os.PathLike, extractor=None,
                      device: str | torch.device | None = None, *, csv: str | os.PathLike | None = None,
                      json_out: str | os.PathLike | None = None, label: str | None = None, batch_size: int = 16,
@@ -373,12 +386,7 @@ def sample_and_score(config: SamplingConfig, out_dir: str | os.PathLike, ref: st
     init_distributed(device)
     reference = Reference(ref)
     try:
-        if extractor is None or isinstance(extractor, str):
-            extractor = build_extractor(extractor, device)
-        features = getattr(extractor, "name", None) or extractor.identity().get("name")
-        ref_sha, done = _on_rank0(lambda: (reference.content_hash(), done_run_ids(csv)))
-        row = settings_row(config, reference=reference.name, reference_sha256=ref_sha, features=features,
-                           label=label)
+        extractor, (row,), done = _rows_and_done([config], reference, csv, extractor, device, label)
         if row["run_id"] in done:
             if not is_main():
                 return None
@@ -437,13 +445,7 @@ def run_sweep(base_config: SamplingConfig, scales: Sequence[float] | str, respac
     init_distributed(device)
     reference = Reference(ref)
     try:
-        if extractor is None or isinstance(extractor, str):
-            extractor = build_extractor(extractor, device)
-        features = getattr(extractor, "name", None) or extractor.identity().get("name")
-        # Rank 0 reads the CSV and hashes the reference; every rank gets the same run_ids.
-        ref_sha, done = _on_rank0(lambda: (reference.content_hash(), done_run_ids(csv)))
-        rows = [settings_row(cfg, reference=reference.name, reference_sha256=ref_sha, features=features,
-                             label=label) for _, cfg in plan]
+        extractor, rows, done = _rows_and_done([cfg for _, cfg in plan], reference, csv, extractor, device, label)
         todo = [i for i, row in enumerate(rows) if row["run_id"] not in done]
         _on_rank0(lambda: [_check_store(plan[i][1], out / plan[i][0], device) for i in todo])
         if len(todo) < len(plan):
