@@ -15,9 +15,10 @@ in eval mode (``tests/test_biggan.py``):
 * Batch-norm statistics depend on the truncation: ``running_means``/``running_vars`` hold ``n_stats``
   rows for truncations ``k / (n_stats - 1)``; for truncation t, ``f, k = modf(t * 1.0 / step)`` with
   ``step = 1 / (n_stats - 1)`` and the statistics are ``row[k] * f + row[k + 1] * (1 - f)`` (``row[k]``
-  when f == 0). Note the weights: the fraction goes to the lower row, not the upper one, and
-  ``t / step`` is a float division (0.1 / 0.02 = 5.000000000000001, so t = 0.1 uses, to within
-  1e-15, row 6). This is the converted modules' rule and it is reproduced as is.
+  when f == 0). Note the weights: the fraction goes to the lower row, not the upper one (t = 0.375:
+  0.75 * row 18 + 0.25 * row 19), and ``t / step`` is a float64 division (0.1, 0.2, ..., 1.0 give
+  exact integers, so those truncations use one row; 0.37 gives 18.499999999999996). This is the
+  converted modules' rule and it is reproduced as is.
 * Conditional batch norm ``(x - mean) / sqrt(var + eps) * (1 + scale(c)) + offset(c)`` with
   ``scale``/``offset`` spectral-normalised linear maps of c, eps = ``config.eps`` (1e-4); the last
   batch norm is unconditional (``weight``, ``bias``).
@@ -250,16 +251,18 @@ class _SpectralNormed(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight_orig = nn.Parameter(torch.empty(shape))
-        flat = math.prod(shape[1:])
-        self.register_buffer("weight_u", F.normalize(torch.randn(shape[0]), dim=0, eps=eps))
-        self.register_buffer("weight_v", F.normalize(torch.randn(flat), dim=0, eps=eps))
+        self.register_buffer("weight_u", torch.randn(shape[0]))
+        self.register_buffer("weight_v", torch.randn(math.prod(shape[1:])))
         self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
         self.register_buffer("folded", None, persistent=False)
         self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        if self.weight_orig.device.type != "meta":
+        if self.weight_orig.device.type != "meta":  # nothing to fill on the meta device (shapes only)
             nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
+            self.weight_u.div_(self.weight_u.norm().clamp_min(self.eps))
+            self.weight_v.div_(self.weight_v.norm().clamp_min(self.eps))
 
     def sn_weight(self) -> torch.Tensor:
         """The normalised weight for this call."""
@@ -622,3 +625,39 @@ def biggan_latents(seed: int, indices: Iterable[int], truncation: float, classes
         zs.append(truncated_normal(dim_z, gen))
     z = torch.stack(zs) if zs else torch.empty(0, dim_z)
     return z * truncation, torch.tensor(labels, dtype=torch.int64)
+
+
+def random_state_dict(config: BigGANConfig, seed: int = 0, power_iterations: int = 5) -> dict[str, torch.Tensor]:
+    """Random weights in the converted files' layout, for tests and benchmarks.
+
+    Normal weights; ``weight_u``/``weight_v`` from ``power_iterations`` power iterations (so sigma is
+    close to the spectral norm, as in trained files); batch-norm statistics random per truncation row
+    (means N(0, 0.3^2), variances U[0.5, 2]) so the truncation changes the output; attention gain 0.7.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in state_signature(config).items():
+        if key.endswith("running_means"):
+            out[key] = 0.3 * torch.randn(shape, generator=gen)
+        elif key.endswith("running_vars"):
+            out[key] = 0.5 + 1.5 * torch.rand(shape, generator=gen)
+        elif key.endswith("gamma"):
+            out[key] = torch.full(shape, 0.7)
+        elif key == "embeddings.weight":
+            out[key] = 0.5 * torch.randn(shape, generator=gen)
+        elif key == "generator.bn.weight":
+            out[key] = 1 + 0.2 * torch.randn(shape, generator=gen)
+        elif key.endswith("bias"):
+            out[key] = 0.1 * torch.randn(shape, generator=gen)
+        elif key.endswith("weight_orig"):
+            out[key] = torch.randn(shape, generator=gen)
+    for key in [k for k in out if k.endswith("weight_orig")]:
+        mat = out[key].reshape(out[key].shape[0], -1)
+        u = F.normalize(torch.randn(mat.shape[0], generator=gen), dim=0)
+        v = F.normalize(mat.t() @ u, dim=0)
+        for _ in range(power_iterations):
+            v = F.normalize(mat.t() @ u, dim=0)
+            u = F.normalize(mat @ v, dim=0)
+        prefix = key[: -len("weight_orig")]
+        out[prefix + "weight_u"], out[prefix + "weight_v"] = u, v
+    return out
