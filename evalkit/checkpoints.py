@@ -23,7 +23,9 @@ from torch import nn
 
 from evalkit.errors import CheckpointError, ConfigError
 from evalkit.flags import KINDS, ParsedFlags, parse_flags
+from evalkit.hashing import sha256_file as sha256_of
 from evalkit.models import build_from_parsed
+from evalkit.models.biggan import BigGANConfig, BigGANDeep, from_state_dict
 from evalkit.presets import PRESETS, Preset, get_preset
 from evalkit.runtime import resolve_device
 
@@ -215,3 +217,66 @@ def load_checkpoint(path: str | os.PathLike, preset: str | Preset | None = None,
     return LoadedModel(module=model, sha256=sha256_file(path), preset=preset_obj.name if preset_obj else None,
                        kind=parsed.kind, flags=dict(parsed.net), diffusion=diffusion, path=str(path),
                        use_fp16=half, sample=dict(parsed.sample))
+
+
+# ---------------------------------------------------------------------------------------------
+# BigGAN-deep (pytorch-pretrained-biggan's converted TF-Hub weights)
+
+@dataclass
+class LoadedBigGAN:
+    """A loaded BigGAN-deep generator (eval mode, spectral norms folded) and its provenance.
+
+    ``config_path``/``config_sha256`` are None when the config was the canonical one of
+    ``expected_resolution`` (no file found beside the weights).
+    """
+
+    module: BigGANDeep
+    config: BigGANConfig
+    sha256: str
+    path: str
+    config_path: str | None
+    config_sha256: str | None
+
+
+def biggan_config_beside(weights_path: str | os.PathLike) -> Path:
+    """Where a BigGAN config lives beside its weights: ``X-pytorch_model.bin`` -> ``X-config.json``
+    (the released names), ``pytorch_model.bin`` -> ``config.json`` (a model folder), else ``X.json``."""
+    path = Path(weights_path)
+    if path.name.endswith("-pytorch_model.bin"):
+        return path.with_name(path.name[: -len("pytorch_model.bin")] + "config.json")
+    if path.name == "pytorch_model.bin":
+        return path.with_name("config.json")
+    return path.with_suffix(".json")
+
+
+def load_biggan(weights_path: str | os.PathLike, config_path: str | os.PathLike | None = None,
+                expected_resolution: int | None = None, device: str | torch.device = "cpu") -> LoadedBigGAN:
+    """Load a BigGAN-deep state dict (``biggan-deep-<res>-pytorch_model.bin``, weights_only=True).
+
+    Args:
+        weights_path: the state dict. config_path: its config JSON (default: the file beside it, see
+            :func:`biggan_config_beside`; when absent and ``expected_resolution`` is given, the canonical
+            BigGAN-deep config of that resolution).
+        expected_resolution: the preset's resolution; a config or weights of another one is refused.
+        device: where the module goes.
+    Raises:
+        CheckpointError (unreadable, needs code to unpickle), WeightsError (keys/shapes do not fit the
+        config, another resolution), ConfigError (bad config file).
+    """
+    dev = resolve_device(device)
+    path = Path(weights_path)
+    state = read_state_dict(path)
+    cfg_path = Path(config_path) if config_path is not None else biggan_config_beside(path)
+    if config_path is not None or cfg_path.is_file():
+        config = BigGANConfig.from_json(cfg_path)
+        cfg_source, cfg_sha = str(cfg_path), sha256_of(cfg_path)
+    elif expected_resolution is not None:
+        config = BigGANConfig.deep(int(expected_resolution))
+        cfg_path, cfg_source, cfg_sha = None, f"the canonical BigGAN-deep-{expected_resolution} config", None
+    else:
+        raise ConfigError(f"{path}: no BigGAN config given and none beside it ({cfg_path}); pass the "
+                          f"config JSON that came with the weights")
+    model = from_state_dict(state, config, dev, weights=str(path), config_source=cfg_source,
+                            expected_resolution=expected_resolution)
+    return LoadedBigGAN(module=model, config=config, sha256=sha256_of(path), path=str(path),
+                        config_path=None if cfg_path is None else str(cfg_path), config_sha256=cfg_sha)

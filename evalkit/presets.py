@@ -102,13 +102,15 @@ def _rebuild_preset(args: dict[str, Any]) -> Preset:
 
 #: The one preset registry, keyed by name (the checkpoint file stem for released models).
 PRESETS: dict[str, Preset] = {}
+#: BigGAN-deep presets by name (a kind of their own, see :class:`BigGANPreset`); names unique across both.
+BIGGAN_PRESETS: dict[str, BigGANPreset] = {}
 
 
 def register_preset(preset: Preset, replace: bool = False) -> Preset:
     """Add ``preset`` to :data:`PRESETS`; a duplicate name raises ConfigError unless ``replace``."""
     if not isinstance(preset, Preset):
         raise ConfigError(f"register_preset expects a Preset, got {type(preset).__name__}")
-    if preset.name in PRESETS and not replace:
+    if preset.name in PRESETS and not replace or preset.name in BIGGAN_PRESETS:
         raise ConfigError(f"a preset named {preset.name!r} is already registered")
     PRESETS[preset.name] = preset
     return preset
@@ -239,3 +241,83 @@ def describe_preset(name_or_preset: str | Preset) -> dict[str, Any]:
         "diffusion": p.diffusion_settings(), "url": p.url, "sha256": p.sha256, "weights": p.weights,
         "paper_results": dict(p.paper_results),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# GAN presets: BigGAN-deep generators. A kind of their own (no guided-diffusion flags), in a registry
+# beside PRESETS; a name is unique across both.
+
+#: The truncation sweep of the paper's guidance-vs-truncation figure (TF-Hub biggan-deep-128/1).
+PAPER_TRUNCATIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class BigGANPreset:
+    """A BigGAN-deep generator by name.
+
+    ``weights``/``config``: names in ``evalkit.weights.WEIGHTS`` of its state dict and config JSON
+    (``evalkit weights fetch <weights>`` downloads both), or, with ``bundled``, file names in
+    evalkit/data checked against ``sha256``/``config_sha256``. ``image_size`` is the output
+    resolution the weights must have; ``truncations`` the default sweep.
+    """
+
+    name: str
+    image_size: int
+    weights: str
+    config: str
+    num_classes: int = 1000
+    dim_z: int = 128
+    truncations: tuple[float, ...] = PAPER_TRUNCATIONS
+    bundled: bool = False
+    sha256: str | None = None
+    config_sha256: str | None = None
+    dataset: str = ""
+    description: str = ""
+    kind: str = field(default="biggan-deep", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"preset name {self.name!r} is malformed (letters, digits, '_', '.', '-'; "
+                              f"starting with a letter or digit; at most 64 characters)")
+        for label in ("sha256", "config_sha256"):
+            value = getattr(self, label)
+            if value is not None and not _SHA.match(value):
+                raise ConfigError(f"preset {self.name}: {label} must be 64 lowercase hex digits, got {value!r}")
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ConfigError(f"preset {self.name}: image_size must be a power of two >= 8, got {self.image_size}")
+        bad = [t for t in self.truncations if not 0 < t <= 1]
+        if bad:
+            raise ConfigError(f"preset {self.name}: truncations must be in (0, 1], got {bad[0]}")
+        object.__setattr__(self, "truncations", tuple(float(t) for t in self.truncations))
+
+    @property
+    def resolution(self) -> str:
+        return str(self.image_size)
+
+
+def register_biggan_preset(preset: BigGANPreset, replace: bool = False) -> BigGANPreset:
+    """Add ``preset`` to :data:`BIGGAN_PRESETS`; a name taken in either registry raises ConfigError."""
+    if not isinstance(preset, BigGANPreset):
+        raise ConfigError(f"register_biggan_preset expects a BigGANPreset, got {type(preset).__name__}")
+    if preset.name in PRESETS or preset.name in BIGGAN_PRESETS and not replace:
+        raise ConfigError(f"a preset named {preset.name!r} is already registered")
+    BIGGAN_PRESETS[preset.name] = preset
+    return preset
+
+
+def get_biggan_preset(name: str | BigGANPreset) -> BigGANPreset:
+    """Look a BigGAN preset up by name (a BigGANPreset passes through); unknown names list the known ones."""
+    if isinstance(name, BigGANPreset):
+        return name
+    try:
+        return BIGGAN_PRESETS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown BigGAN preset {name!r}; known: {', '.join(sorted(BIGGAN_PRESETS))}") from None
+
+
+for _size in (128, 256, 512):
+    register_biggan_preset(BigGANPreset(
+        name=f"biggan-deep-{_size}", image_size=_size, weights=f"biggan-deep-{_size}",
+        config=f"biggan-deep-{_size}-config", dataset=_IMAGENET,
+        description=f"BigGAN-deep {_size}x{_size} (Brock et al. 2019), TF-Hub deepmind/biggan-deep-{_size}/1 as "
+                    f"converted by pytorch-pretrained-biggan 0.1.1."))

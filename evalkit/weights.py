@@ -63,6 +63,7 @@ class WeightsFile:
     sha256: str | None = None
     sha256_prefix: str | None = None
     description: str = ""
+    companions: tuple[str, ...] = ()  # names of files that `fetch` downloads with this one
 
     @property
     def path(self) -> Path:
@@ -91,6 +92,11 @@ _CHECKPOINTS = (
     ("lsun_horse_nodropout", "LSUN horse (no dropout)"),
 )
 
+# pytorch-pretrained-biggan 0.1.1's conversions of the TF-Hub BigGAN-deep modules (URLs of its
+# PRETRAINED_MODEL_ARCHIVE_MAP / PRETRAINED_CONFIG_ARCHIVE_MAP); no checksums were published.
+_BIGGAN = "https://s3.amazonaws.com/models.huggingface.co/biggan/"
+BIGGAN_RESOLUTIONS = (128, 256, 512)
+
 
 def _build_registry() -> dict[str, WeightsFile]:
     entries = [
@@ -114,6 +120,15 @@ def _build_registry() -> dict[str, WeightsFile]:
                     description=f"guided-diffusion checkpoint: {label}")
         for stem, label in _CHECKPOINTS
     ]
+    for res in BIGGAN_RESOLUTIONS:
+        stem = f"biggan-deep-{res}"
+        entries += [
+            WeightsFile(name=stem, filename=f"{stem}-pytorch_model.bin", url=f"{_BIGGAN}{stem}-pytorch_model.bin",
+                        description=f"BigGAN-deep {res}x{res} generator (pytorch-pretrained-biggan conversion of "
+                                    f"TF-Hub deepmind/{stem}/1)", companions=(f"{stem}-config",)),
+            WeightsFile(name=f"{stem}-config", filename=f"{stem}-config.json", url=f"{_BIGGAN}{stem}-config.json",
+                        description=f"BigGAN-deep {res}x{res} architecture config (pytorch-pretrained-biggan)"),
+        ]
     registry = {}
     for entry in entries:
         assert entry.name not in registry, entry.name
@@ -297,12 +312,15 @@ def fetch(name: str, force: bool = False, progress: bool = True, url: str | None
 
     `url` overrides the registered URL (a mirror). With `force`, an existing file is downloaded again.
     The known sha256/prefix is verified; a mismatch deletes the download and raises WeightsError.
+    Companion files (a BigGAN config beside its weights) are fetched too, from their own URLs.
     """
     entry = get(name)
     dest = entry.path
     if dest.is_file() and not force:
         verify(name, dest)
-        return dest
-    download(url or entry.url, dest, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix, progress=progress,
-             retry_hint=f"or retry `evalkit weights fetch {entry.name}` when online")
+    else:
+        download(url or entry.url, dest, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix, progress=progress,
+                 retry_hint=f"or retry `evalkit weights fetch {entry.name}` when online")
+    for companion in entry.companions:
+        fetch(companion, force=force, progress=progress)
     return dest
