@@ -9,7 +9,7 @@ Prints:
 The bootstrap of precision/recall includes computing both sets' radii (as a caller without them would).
 
 Usage:  python benchmarks/bench_extra_metrics.py [--quick] [--replicates B]
-Full size: 50,000 samples x 10,000 references, B = 100 (hours on 2 CPU cores). ``--quick``: 5,000 x 2,000,
+Full size: 50,000 samples x 10,000 references, B = 100 (hours on 2 CPU cores). ``--quick``: 5,000 x 3,000,
 B = 10, KID 10 subsets (a smoke run; ratios then refer to 5,000 images).
 """
 
@@ -60,14 +60,14 @@ def _timed(label: str, fn, per_image: float, n_images: int):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 x 2,000 rows, B = 10, 10 KID subsets")
+    parser.add_argument("--quick", action="store_true", help="5,000 x 3,000 rows, B = 10, 10 KID subsets")
     parser.add_argument("--replicates", type=int, default=None, help="bootstrap replicates (default 100; 10 quick)")
     args = parser.parse_args(argv)
     from evalkit.metrics import (bootstrap_density_coverage, bootstrap_frechet, bootstrap_inception_score,
                                  bootstrap_kid, bootstrap_precision_recall, bootstrap_weights, density_coverage,
                                  feature_statistics, kid, softmax)
 
-    n, m = (5000, 2000) if args.quick else (50000, 10000)
+    n, m = (5000, 3000) if args.quick else (50000, 10000)  # quick: still more rows than dimensions
     b = args.replicates or (10 if args.quick else 100)
     subsets = 10 if args.quick else 100
     per_image = extraction_seconds_per_image()
