@@ -276,13 +276,24 @@ def results_lock(path: str | os.PathLike) -> FileLock:
     return FileLock(sidecar(path), timeout=LOCK_TIMEOUT_S, what=f"results CSV {path}")
 
 
+def _remove_dead_temporaries(path: Path) -> None:
+    """Delete temporary tables of writers killed mid-write (only a lock holder writes them)."""
+    prefix = f".{path.name}."
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+
+
 def write_results(path: str | os.PathLike, df: pd.DataFrame, *, lock: bool = True) -> None:
     """Validate `df` and write it to `path` atomically (temporary file, fsync, rename), holding its lock.
 
     ``lock=False`` only for a file no other process can see (a private staging folder).
     """
     table = validate_table(df, where=f"results for {path}")
-    with results_lock(path) if lock else contextlib.nullcontext():
+    with results_lock(path) if lock else contextlib.nullcontext() as held:
+        if held is not None and held.held:
+            _remove_dead_temporaries(Path(path))
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
             # The temporary file is private (mkstemp); give the table the usual file permissions.
