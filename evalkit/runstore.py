@@ -279,7 +279,14 @@ def new_manifest(kind: str, settings: dict[str, Any], record: dict[str, Any], nu
 
 
 def refresh_done(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Copy the index ranges finished so far (from the shard files) into the manifest and save it."""
+    """Copy the index ranges finished so far (from the shard files) into the manifest and save it.
+
+    A manifest another process marked complete meanwhile is kept (and returned), never overwritten.
+    """
+    current = read_manifest(run_dir)
+    if current is not None and current.get("complete"):
+        manifest.update(current)
+        return manifest
     manifest["done"] = [list(iv) for iv in done_intervals(list_shards(run_dir), manifest["num_samples"])]
     write_manifest(run_dir, manifest)
     return manifest
