@@ -300,15 +300,17 @@ def write_results(path: str | os.PathLike, df: pd.DataFrame, *, lock: bool = Tru
             os.chmod(tmp, 0o666 & ~umask())
 
 
-def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = False) -> str:
+def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = False, *,
+               exist_ok: bool = False) -> str:
     """Append one results row to the CSV at `path` (created when absent); returns its run_id.
 
     `row` maps column names of COLUMNS (or OPTIONAL_SCHEMA) to values; absent columns stay
     empty; `run_id`, `evalkit_version`, `torch_version` and `created_at` are filled in when
     absent. The file is rewritten atomically, so a crash or kill leaves either the old or the
     new file, never a partial one. A row whose run_id is already present raises InputError
-    unless `replace=True` (then the old row is dropped and the new one appended).
-    Safe with concurrent writers: the file is re-read, checked and replaced under `results_lock`.
+    unless `replace=True` (then the old row is dropped and the new one appended) or
+    `exist_ok=True` (then the row already there is kept: another job with the same settings wrote
+    it first). Safe with concurrent writers: the file is re-read, checked and replaced under `results_lock`.
     """
     full = complete_row(row)
     new = validate_table(pd.DataFrame([{**{c: None for c in COLUMNS}, **full}]), where=f"new row for {path}")
@@ -317,6 +319,8 @@ def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = 
             table = read_results(path)
             present = table["run_id"] == full["run_id"]
             if present.any():
+                if exist_ok and not replace:
+                    return str(full["run_id"])
                 if not replace:
                     raise InputError(f"results CSV {path}: run_id {full['run_id']} is already present; "
                                      f"skip it (has_row) or pass replace=True")

@@ -27,7 +27,7 @@ from tiny_sampling import SUBPROCESS_ENV, UNET_FLAGS, one_thread, save_random
 from evalkit import locks, runstore
 from evalkit import results as results_mod
 from evalkit.cli import main
-from evalkit.errors import LockError, RunDirectoryError
+from evalkit.errors import InputError, LockError, RunDirectoryError
 from evalkit.locks import FileLock
 from evalkit.results import append_row, read_results
 
@@ -198,6 +198,17 @@ def test_concurrent_sweeps_over_disjoint_settings_write_the_union(procs, tmp_pat
     assert sorted(rows["guidance_scale"]) == [0.0, 4.0] and rows["fid"].notna().all()
     assert sorted(table["guidance_scale"][table["label"].isin(["w7", "w8"])]) == sorted(
         float(w * 1000 + j) for w in (7, 8) for j in range(8))
+
+
+def test_exist_ok_keeps_the_row_another_job_wrote_first(tmp_path):
+    """Two jobs that computed the same setting: the second append keeps the first row (exist_ok), where
+    the default still refuses a duplicate."""
+    csv = tmp_path / "r.csv"
+    rid = append_row(csv, {"label": "first", "guidance_scale": 2.0, "fid": 1.0})
+    assert append_row(csv, {"label": "second", "guidance_scale": 2.0, "fid": 1.5}, exist_ok=True) == rid
+    with pytest.raises(InputError, match="already present"):
+        append_row(csv, {"label": "third", "guidance_scale": 2.0})
+    assert read_results(csv)["label"].tolist() == ["first"]
 
 
 KILLED_WRITER = """
