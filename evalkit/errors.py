@@ -34,3 +34,7 @@ class ConfigError(InputError):
 
 class RunDirectoryError(EvalkitError):
     """An output directory holds another run, or cannot be written."""
+
+
+class LockError(EvalkitError):
+    """A file shared by several jobs is locked by another process past the wait, or cannot be locked."""

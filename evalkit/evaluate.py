@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from evalkit import __version__
-from evalkit.cache import feature_key, load_cached, store_cached, write_features
+from evalkit.cache import feature_key, load_cached, releases_claims, store_cached, write_features
 from evalkit.errors import BatchFormatError, FeatureError, InputError
 from evalkit.features import DEFAULT_EXTRACTOR, FEATURE_NAMES, get_extractor
 from evalkit.metrics import (
@@ -146,6 +146,7 @@ def _gather_rows(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Features
 
+@releases_claims  # a cache miss claims the key until stored; never past this call
 def compute_features(batch, extractor, batch_size: int = 64, device: str | torch.device | None = None,
                      cache: bool = True, progress: bool = True, *, content_hash: str | None = None,
                      desc: str = "features") -> dict[str, np.ndarray]:

@@ -625,6 +625,7 @@ def _versions() -> dict[str, str]:
     return {"evalkit": __version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
+@runstore.owns_run_dir("out_dir")  # one job at a time in out_dir; another fails at once naming the holder
 def run_stage(stage: Stage, out_dir: str | os.PathLike, batch_size: int, progress: bool = True,
               keep_shards: bool = False) -> SampleRun:
     """Fill ``out_dir`` with shards for every missing index, then (rank 0) write the final npz.

@@ -360,7 +360,7 @@ def build_report(results: pd.DataFrame, out_dir: str | os.PathLike, *, baselines
             (tmp / f"{name}.tex").write_text(t.latex(), encoding="utf-8")
             files += [f"{name}.md", f"{name}.tex"]
         for name, df in (extra_files or {}).items():
-            write_results(tmp / f"{name}.csv", df)
+            write_results(tmp / f"{name}.csv", df, lock=False)  # private staging folder: no lock file
             files.append(f"{name}.csv")
         # Sample grids, one per row that names its store.
         grids = []

@@ -9,11 +9,15 @@ Metric columns reuse the constant names of `evalkit.metrics` (`inception_score`,
 tables name a metric with `metric_label(key, features)` ("FID" only for the Inception network,
 "FD (digits features)" for another one).
 
-Single writer: `append_row` is a read-modify-write. Call it from one process (rank 0 of a sweep).
+Many writers: every writer holds the exclusive lock ``<csv>.lock`` (`results_lock`, see
+`evalkit.locks`) while it re-reads the file, adds or replaces its row and atomically replaces the
+file, so concurrent jobs appending to one CSV lose no row. Readers take no lock: the rename means
+they see the old or the new file, never a partial one. Within a torchrun job only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -28,6 +32,7 @@ import pandas as pd
 from evalkit import __version__
 from evalkit.atomic import atomic_path
 from evalkit.errors import InputError
+from evalkit.locks import FileLock, sidecar
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID, METRIC_KEYS
 
 # Metric columns in table order (the order plots and tables use).
@@ -261,37 +266,68 @@ def umask() -> int:
     return mask
 
 
-def write_results(path: str | os.PathLike, df: pd.DataFrame) -> None:
-    """Validate `df` and write it to `path` atomically (temporary file, fsync, rename)."""
+#: Seconds a writer waits for the results-CSV lock before giving up (writers hold it for one
+#: read + write of the CSV, milliseconds; a longer wait means a stuck or stopped holder).
+LOCK_TIMEOUT_S = 300.0
+
+
+def results_lock(path: str | os.PathLike) -> FileLock:
+    """The exclusive lock every writer of the results CSV at `path` holds: the file ``<path>.lock``."""
+    return FileLock(sidecar(path), timeout=LOCK_TIMEOUT_S, what=f"results CSV {path}")
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Delete temporary tables of writers killed mid-write (only a lock holder writes them)."""
+    prefix = f".{path.name}."
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+
+
+def write_results(path: str | os.PathLike, df: pd.DataFrame, *, lock: bool = True) -> None:
+    """Validate `df` and write it to `path` atomically (temporary file, fsync, rename), holding its lock.
+
+    ``lock=False`` only for a file no other process can see (a private staging folder).
+    """
     table = validate_table(df, where=f"results for {path}")
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
-        # The temporary file is private (mkstemp); give the table the usual file permissions.
-        os.chmod(tmp, 0o666 & ~umask())
+    with results_lock(path) if lock else contextlib.nullcontext() as held:
+        if held is not None and held.held:
+            _remove_dead_temporaries(Path(path))
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+            # The temporary file is private (mkstemp); give the table the usual file permissions.
+            os.chmod(tmp, 0o666 & ~umask())
 
 
-def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = False) -> str:
+def append_row(path: str | os.PathLike, row: Mapping[str, Any], replace: bool = False, *,
+               exist_ok: bool = False) -> str:
     """Append one results row to the CSV at `path` (created when absent); returns its run_id.
 
     `row` maps column names of COLUMNS (or OPTIONAL_SCHEMA) to values; absent columns stay
     empty; `run_id`, `evalkit_version`, `torch_version` and `created_at` are filled in when
     absent. The file is rewritten atomically, so a crash or kill leaves either the old or the
     new file, never a partial one. A row whose run_id is already present raises InputError
-    unless `replace=True` (then the old row is dropped and the new one appended).
+    unless `replace=True` (then the old row is dropped and the new one appended) or
+    `exist_ok=True` (then the row already there is kept: another job with the same settings wrote
+    it first). Safe with concurrent writers: the file is re-read, checked and replaced under `results_lock`.
     """
     full = complete_row(row)
     new = validate_table(pd.DataFrame([{**{c: None for c in COLUMNS}, **full}]), where=f"new row for {path}")
-    if Path(path).exists():
-        table = read_results(path)
-        present = table["run_id"] == full["run_id"]
-        if present.any():
-            if not replace:
-                raise InputError(f"results CSV {path}: run_id {full['run_id']} is already present; "
-                                 f"skip it (has_row) or pass replace=True")
-            table = table[~present]
-        # Keep optional columns present in either table; empty-frame concat would drop dtypes.
-        table = pd.concat([table, new], ignore_index=True) if len(table) else new
-    else:
-        table = new
-    write_results(path, table)
+    with results_lock(path):
+        if Path(path).exists():
+            table = read_results(path)
+            present = table["run_id"] == full["run_id"]
+            if present.any():
+                if exist_ok and not replace:
+                    return str(full["run_id"])
+                if not replace:
+                    raise InputError(f"results CSV {path}: run_id {full['run_id']} is already present; "
+                                     f"skip it (has_row) or pass replace=True")
+                table = table[~present]
+            # Keep optional columns present in either table; empty-frame concat would drop dtypes.
+            table = pd.concat([table, new], ignore_index=True) if len(table) else new
+        else:
+            table = new
+        write_results(path, table)  # re-enters the lock this thread holds
     return str(full["run_id"])

@@ -7,6 +7,7 @@ A run directory holds::
                                                int64 (when the run has labels), index_range [start,end)
     samples_<N>x<H>x<W>x3.npz                  the final store (arr_0 images, arr_1 labels), written
                                                once every index in [0, N) has a shard
+    .evalkit-run.lock                          held by the job that owns the directory (claim_run_dir)
 
 Shards are the source of truth for what is done: each is written atomically (temporary name, then
 rename), so a `kill -9` loses at most the batches in flight, and any set of shards tiles part of
@@ -15,27 +16,41 @@ randomness depends on (seed, i) alone (see `evalkit.generate`). The reference sc
 (openai/guided-diffusion 22e0df8183507e13a7813f8d38d51b072ca1e67c, `scripts/image_sample.py`)
 instead gather every image into one process and write once at the end.
 
+One job owns a run directory at a time (``claim_run_dir``): another process that opens it while
+it is in use fails at once (or waits, see ``claim_run_dir``) naming the holder; a lock left by a
+killed process is free again, so ``kill -9`` then rerun resumes. The ranks of one torchrun job
+share the directory: rank 0 holds the lock for the job.
+
 This module knows nothing about models: it stores uint8 batches that a caller produces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
+import inspect
 import json
 import os
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from evalkit.atomic import atomic_path, atomic_write_text
-from evalkit.errors import RunDirectoryError
+from evalkit.errors import LockError, RunDirectoryError
+from evalkit.locks import FileLock, note_waiting
+from evalkit.runtime import rank, world_size
 from evalkit.store import NpzWriter
 
 MANIFEST = "manifest.json"
+RUN_LOCK = ".evalkit-run.lock"
+#: Seconds to wait for a run directory another job holds (unset or 0: fail at once).
+WAIT_ENV = "EVALKIT_RUN_DIR_WAIT"
 SHARD_DIR = "shards"
 FORMAT = "evalkit-sample-run/1"
 _SHARD_RE = re.compile(r"^shard-(\d{8})-(\d{8})\.npz$")
@@ -221,7 +236,7 @@ def check_run_dir(run_dir: str | os.PathLike, kind: str, settings: dict[str, Any
     if manifest is None:
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirectoryError(f"--out {run_dir} is a file, expected a directory")
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(p.name != RUN_LOCK for p in run_dir.iterdir()):
             raise RunDirectoryError(f"--out {run_dir} is not empty and holds no {MANIFEST}; "
                                     f"use an empty or new directory")
         return None
@@ -264,7 +279,14 @@ def new_manifest(kind: str, settings: dict[str, Any], record: dict[str, Any], nu
 
 
 def refresh_done(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Copy the index ranges finished so far (from the shard files) into the manifest and save it."""
+    """Copy the index ranges finished so far (from the shard files) into the manifest and save it.
+
+    A manifest another process marked complete meanwhile is kept (and returned), never overwritten.
+    """
+    current = read_manifest(run_dir)
+    if current is not None and current.get("complete"):
+        manifest.update(current)
+        return manifest
     manifest["done"] = [list(iv) for iv in done_intervals(list_shards(run_dir), manifest["num_samples"])]
     write_manifest(run_dir, manifest)
     return manifest
@@ -286,6 +308,12 @@ def assemble(run_dir: str | os.PathLike, manifest: dict[str, Any], keep_shards: 
     chain = covering(shards, n)
     covered = chain[-1].end if chain else 0
     if covered != n:
+        # Another process may have finished this run and removed the shards meanwhile (possible only
+        # where locks are off or not shared): then its npz is the result, not an unfinished run.
+        finished = completed_npz(run_dir, read_manifest(run_dir))
+        if finished is not None:
+            manifest.update(read_manifest(run_dir) or {})
+            return finished
         raise RunDirectoryError(f"{run_dir}: shards cover samples [0, {covered}) only, expected [0, {n}); "
                                 f"rerun the same command to finish the run")
     path = run_dir / final_npz_name(n, h, w)
@@ -321,3 +349,108 @@ def completed_npz(run_dir: str | os.PathLike, manifest: dict[str, Any] | None) -
         return None
     path = Path(run_dir) / manifest["npz"]
     return path if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# One owner at a time
+
+def run_lock_path(run_dir: str | os.PathLike) -> Path:
+    """The lock file of a run directory."""
+    return Path(run_dir) / RUN_LOCK
+
+
+def _wait_timeout(wait: bool | float | None) -> float | None:
+    """Seconds to wait (None: without limit) for `wait`: False/0 at once, True forever, None from WAIT_ENV."""
+    if wait is None:
+        text = os.environ.get(WAIT_ENV, "").strip()
+        try:
+            wait = float(text) if text else False
+        except ValueError:
+            raise RunDirectoryError(f"{WAIT_ENV}={text!r}: expected a number of seconds") from None
+    if wait is True:
+        return None
+    return max(0.0, float(wait))
+
+
+def _from_rank0(error: Exception | None) -> Exception | None:
+    """Rank 0's `error` (or None) on every rank of a torchrun job; as is in one process."""
+    if world_size() > 1:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+    return error
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | os.PathLike, wait: bool | float | None = None) -> Iterator[FileLock]:
+    """Own `run_dir` for the block: hold ``<run_dir>/.evalkit-run.lock`` (created with the directory).
+
+    `wait`: False (or 0) fails at once when another job holds the directory, a number waits that many
+    seconds, True waits as long as it takes; None (the default) reads ``$EVALKIT_RUN_DIR_WAIT``
+    (seconds; unset means fail at once). Busy past the wait → RunDirectoryError, one line naming the
+    directory and the holder (host, pid, since when, command). A lock whose holder was killed is free:
+    it is taken, with a note on stderr, and the run resumes from the holder's shards.
+
+    Under torchrun every rank calls this: rank 0 takes the lock for the whole job (the other ranks
+    take none; ranks may run on other hosts, and the job is one owner), and its outcome is broadcast,
+    so every rank raises the same error or enters the block. Waiting is then bounded by the process
+    group's collective timeout. Only the first ``claim_run_dir`` of a directory in a thread locks;
+    nested ones re-enter. Whoever calls this must not write into `run_dir` outside the block.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"--out {run_dir} is a file, expected a directory")
+    lock = FileLock(run_lock_path(run_dir), timeout=_wait_timeout(wait), what=f"run directory {run_dir}",
+                    on_wait=note_waiting(f"run directory {run_dir}"))
+    created = not run_dir.exists()
+    error: Exception | None = None
+    if rank() == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except LockError as exc:
+            error = RunDirectoryError(f"{exc}; wait until it finishes (the same command then reuses or resumes "
+                                      f"its samples) or use another --out; to wait instead of failing set "
+                                      f"{WAIT_ENV}=SECONDS")
+        except OSError as exc:
+            error = _os_error(exc, "run directory", run_dir)
+    error = _from_rank0(error)
+    if error is not None:
+        raise error
+    if lock.previous is not None:
+        print(f"evalkit: run directory {run_dir} was left locked by {lock.previous.describe()}, which ended "
+              f"without releasing it; taking it over (finished shards are kept)", file=sys.stderr, flush=True)
+    try:
+        yield lock
+    finally:
+        remove = lock.held and created
+        if remove:
+            # Nothing was written (e.g. a bad checkpoint): leave no directory behind.
+            with contextlib.suppress(OSError):
+                if [p.name for p in run_dir.iterdir()] == [RUN_LOCK]:
+                    lock.path.unlink()  # safe: a waiter that locked the unlinked file retries
+        lock.release()
+        if remove:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds when empty
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def owns_run_dir(param: str = "out_dir", wait: bool | float | None = None) -> Callable[[F], F]:
+    """Decorator: run the function inside ``claim_run_dir(<its argument `param`>, wait)``."""
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        if param not in signature.parameters:
+            raise TypeError(f"owns_run_dir: {fn.__qualname__} has no parameter {param!r}")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            with claim_run_dir(bound.arguments[param], wait):
+                return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+    return decorate

@@ -350,7 +350,7 @@ def score_setting(config: SamplingConfig, run_dir: str | os.PathLike, reference:
         "config": config.for_device(device).to_dict()}}
     atomic_write_text(json_out or run_dir / METRICS_JSON, json.dumps(record, indent=1, default=str) + "\n")
     if csv is not None:
-        append_row(csv, full)
+        append_row(csv, full, exist_ok=True)  # a concurrent job with the same settings may have written it
     barrier()
     return SettingResult(row=full, metrics=metrics, skipped=False, run_dir=run_dir)
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from evalkit import __version__
 from evalkit.atomic import atomic_path, atomic_write_text
 from evalkit.errors import ConfigError, EvalkitError, WeightsError
+from evalkit.locks import one_download_at_a_time
 
 CHUNK = 1 << 20  # 1 MiB: read/hash/write granularity
 REGISTRY_NAME = "sha256.json"  # per-folder record of verified hashes
@@ -219,6 +220,7 @@ def check_sha256(found: str, sha256: str | None, sha256_prefix: str | None) -> b
 # ---------------------------------------------------------------------------------------------
 # Download
 
+@one_download_at_a_time  # two jobs fetching one file: one downloads, the other waits and reuses it
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sha256_prefix: str | None = None,
              progress: bool = True, retry_hint: str = "", error_cls: type[EvalkitError] = WeightsError,
              timeout: float = 60.0) -> str:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "evalkit"
 
 # Stages in data-flow order. A module may import its own stage, the foundation and earlier stages.
-FOUNDATION = {"errors", "atomic", "runtime", "context", "options", "hashing", "flags", "presets", "weights", "plugins", "__init__"}
+FOUNDATION = {"errors", "atomic", "runtime", "context", "options", "hashing", "locks", "flags", "presets", "weights", "plugins", "__init__"}
 STAGES = [
     {"models"},
     {"checkpoints"},

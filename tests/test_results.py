@@ -158,7 +158,9 @@ def test_exception_mid_write_keeps_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         append_row(path, settings(1.0))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]   # no temporary file left
+    # No temporary file left; the writers' lock file stays, empty once released.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.lock"]
+    assert (tmp_path / "r.csv.lock").read_bytes() == b""
 
 
 def test_kill_during_write_leaves_readable_table(tmp_path):
