@@ -13,6 +13,7 @@ import torch
 from evalkit.errors import ConfigError
 from evalkit.models import (EncoderUNetModel, QKVAttention, SuperResModel, UNetModel, build, num_params,
                             set_attention_backend, timestep_embedding)
+from evalkit.models.nn import resolve_attention_backend
 from evalkit.presets import PRESETS, RELEASED
 from model_fixtures import randomize
 
@@ -102,9 +103,10 @@ def test_sdpa_equals_einsum_attention(new_order):
     qkv = torch.randn(2, 3 * 4 * 16, 10)
     attn = QKVAttention(4, new_order=new_order)
     out = {}
-    for backend in ("sdpa", "sdpa_fused", "einsum"):
+    for backend in ("auto", "sdpa", "sdpa_fused", "einsum"):
         attn.backend = backend
         out[backend] = attn(qkv)
+    assert torch.equal(out["auto"], out["einsum"])  # auto is einsum on CPU
     assert out["sdpa"].shape == (2, 64, 10)
     # CPU default (math kernel, q and k each scaled by ch^-1/4 as in the reference): float rounding only.
     torch.testing.assert_close(out["sdpa"], out["einsum"], atol=1e-6, rtol=0)
@@ -116,11 +118,68 @@ def test_sdpa_equals_einsum_attention(new_order):
 def test_fp16_attention_inputs_are_upcast_for_sdpa():
     torch.manual_seed(2)
     qkv = torch.randn(1, 3 * 2 * 16, 12)
-    attn = QKVAttention(2)
+    attn = QKVAttention(2, backend="sdpa")
     ref = attn(qkv)
     half = attn(qkv.half())
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), ref, atol=2e-2, rtol=0)
+
+
+def _reference_formula_attention(qkv: torch.Tensor, heads: int, new_order: bool, split_scale: bool = True):
+    """Oracle: the reference implementation's attention, written out here (q and k each scaled by ch^-1/4,
+    two einsums, softmax in float32). ``split_scale=False`` divides the logits by sqrt(ch) instead."""
+    bs, width, length = qkv.shape
+    ch = width // (3 * heads)
+    if new_order:
+        q, k, v = (t.reshape(bs * heads, ch, length) for t in qkv.chunk(3, dim=1))
+    else:
+        q, k, v = qkv.reshape(bs * heads, 3 * ch, length).split(ch, dim=1)
+    if split_scale:
+        s = 1 / math.sqrt(math.sqrt(ch))
+        w = torch.einsum("bct,bcs->bts", q * s, k * s)
+    else:
+        w = torch.einsum("bct,bcs->bts", q, k) / math.sqrt(ch)
+    w = torch.softmax(w.float(), dim=-1).type(w.dtype)
+    return torch.einsum("bts,bcs->bct", w, v).reshape(bs, -1, length)
+
+
+@pytest.mark.parametrize("new_order", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_default_cpu_attention_is_the_reference_formula_bit_for_bit(new_order, dtype):
+    """On CPU the default backend must reproduce the reference's arithmetic exactly (the trajectories and the
+    forward parity rest on it). Catches: a single 1/sqrt(ch) on the logits instead of ch^-1/4 on q and k
+    (asserted below to differ; the same bug put into evalkit fails all four cases)."""
+    gen = torch.Generator().manual_seed(3)
+    qkv = (torch.randn(3, 3 * 4 * 32, 64, generator=gen) * 2).to(dtype)
+    out = QKVAttention(4, new_order=new_order)(qkv)
+    want = _reference_formula_attention(qkv, 4, new_order)
+    assert out.dtype == dtype and torch.equal(out, want)
+    assert not torch.equal(_reference_formula_attention(qkv, 4, new_order, split_scale=False), want)
+
+
+def test_auto_backend_per_device():
+    assert resolve_attention_backend("auto", "cpu") == "einsum"
+    assert resolve_attention_backend("auto", torch.device("cuda", 1)) == "sdpa"
+    assert resolve_attention_backend("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="auto"):
+        resolve_attention_backend("flash", "cpu")
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_no_grad_forward_equals_autograd_forward_bit_for_bit(scale_shift):
+    """Outside autograd the blocks overwrite their own temporaries; the values must be those of the
+    allocating path, and the caller's input must not change. Catches: an in-place SiLU on the timestep
+    embedding that every block shares (emb_layers; tried, both cases fail)."""
+    model = _tiny_unet(num_classes=10, use_scale_shift_norm=scale_shift, resblock_updown=not scale_shift)
+    gen = torch.Generator().manual_seed(4)
+    x, t, y = torch.randn(2, 3, 8, 8, generator=gen), torch.tensor([3, 700]), torch.tensor([1, 9])
+    x_before = x.clone()
+    with torch.no_grad():
+        fast = model(x, t, y)
+    assert torch.equal(x, x_before)
+    with torch.enable_grad():
+        slow = model(x.clone().requires_grad_(True), t, y)
+    assert fast.std() > 0.1 and torch.equal(fast, slow.detach())
 
 
 def test_set_attention_backend_switches_every_block_and_rejects_unknown():

@@ -19,13 +19,15 @@ except ImportError:  # pragma: no cover - older torch: CPU "sdpa" falls back to 
     SDPBackend = sdpa_kernel = None
 
 #: Attention backends, all through the same head split:
-#: ``"sdpa"`` (default): ``torch.nn.functional.scaled_dot_product_attention``; on CUDA torch picks its fused
-#: kernels; on CPU it is held to the unfused math kernel, which scales q and k by ch^-1/4 each like the
-#: reference (the parity fixtures are reproduced exactly at the fixtures' thread count; the fused CPU
-#: kernel differs by ~1e-6 per call, which sampling amplifies ~100x in pred_xstart at t near T).
-#: ``"sdpa_fused"``: SDPA with every kernel allowed on every device (faster on CPU; ~1e-7 relative rounding differences).
-#: ``"einsum"``: the straightforward two-einsum formulation of the reference (benchmark baseline).
-ATTENTION_BACKENDS = ("sdpa", "sdpa_fused", "einsum")
+#: ``"auto"`` (default): per device, the fastest kernel that keeps the reference's outputs: ``"einsum"`` on
+#: CPU (the reference's own arithmetic, so its outputs are reproduced bit for bit; also faster there than
+#: SDPA's unfused math kernel), ``"sdpa"`` on every other device (torch's fused kernels).
+#: ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``; on CUDA torch picks its fused kernels; on
+#: CPU it is held to the unfused math kernel (same formula; its different product order moves outputs by
+#: ~1e-7 relative).
+#: ``"sdpa_fused"``: SDPA with every kernel allowed on every device (~1e-7 relative rounding differences).
+#: ``"einsum"``: the reference's two-einsum formulation, q and k each scaled by ch^-1/4 before the product.
+ATTENTION_BACKENDS = ("auto", "sdpa", "sdpa_fused", "einsum")
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -33,6 +35,14 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).to(x.dtype)
+
+
+class TempSiLU(nn.SiLU):
+    """SiLU for inputs that are temporaries of the enclosing block: outside autograd (``torch.no_grad``,
+    inference mode) it overwrites its input, which saves an allocation per call and gives the same values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 def normalization(channels: int) -> GroupNorm32:
@@ -58,34 +68,66 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, backend: str) -> torch.Tensor:
-    """Attention over [B*heads, ch, T] tensors; returns [B*heads, ch, T] in q's dtype.
+def resolve_attention_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend that ``backend`` runs on ``device``: ``"auto"`` is ``"einsum"`` on CPU and
+    ``"sdpa"`` elsewhere; the others are returned unchanged. Unknown names raise ValueError."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "einsum" if torch.device(device).type == "cpu" else "sdpa"
+    return backend
 
-    All backends compute the reference's attention: logits = (q ch^-1/4)·(k ch^-1/4) = q·k / sqrt(ch), softmax over
-    keys in float32. SDPA gets contiguous [B, heads, T, ch] tensors (a non-contiguous or 3-D input makes
-    torch fall back to its unfused math path) and float32 ones when the torso runs in float16: the
-    reference's fp16 path rounds q, k, the logits and the weights to fp16, fp32 SDPA is at least as
-    accurate and softmax is fp32 in both. The result is cast back to the input dtype.
+
+def _einsum_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q^T k) v over [B*heads, ch, T] tensors whose q and k are already scaled by ch^-1/4;
+    softmax in float32, weights cast back to the input dtype (the reference's arithmetic)."""
+    weight = torch.einsum("bct,bcs->bts", q, k)
+    weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
+    return torch.einsum("bts,bcs->bct", weight, v)
+
+
+def _einsum_attention(qkv: torch.Tensor, n_heads: int, new_order: bool) -> torch.Tensor:
+    """The einsum backend on a fused [B, 3*H*C, T] tensor → [B, H*C, T].
+
+    q and k are scaled by ch^-1/4 each before their product (more stable in float16 than dividing the
+    logits). In the new order the scale is applied before the head split, so the split of the (then
+    contiguous) products is a view and only v is copied, as in the reference.
+    """
+    bs, width, length = qkv.shape
+    ch = width // (3 * n_heads)
+    scale = 1.0 / math.sqrt(math.sqrt(ch))
+    if new_order:
+        q, k, v = qkv.chunk(3, dim=1)
+        q, k = ((t * scale).view(bs * n_heads, ch, length) for t in (q, k))
+        v = v.reshape(bs * n_heads, ch, length)
+    else:
+        q, k, v = qkv.reshape(bs * n_heads, ch * 3, length).split(ch, dim=1)
+        q, k = q * scale, k * scale
+    return _einsum_core(q, k, v).reshape(bs, -1, length)
+
+
+def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, math_only: bool) -> torch.Tensor:
+    """SDPA over [B*heads, ch, T] tensors; returns [B*heads, ch, T] in q's dtype.
+
+    logits = q·k / sqrt(ch), softmax over keys. SDPA gets contiguous [B, heads, T, ch] tensors (a
+    non-contiguous or 3-D input makes torch fall back to its unfused math path) and float32 ones when the
+    torso runs in float16: the reference's fp16 path rounds q, k, the logits and the weights to fp16, fp32
+    SDPA is at least as accurate and softmax is fp32 in both. ``math_only`` holds torch to its unfused math
+    kernel. The result is cast back to the input dtype.
     """
     bh, ch, length = q.shape
     dtype = q.dtype
-    if backend == "einsum":
-        scale = 1.0 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-        return torch.einsum("bts,bcs->bct", weight, v)
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-    exact_cpu = backend == "sdpa" and q.device.type == "cpu"
 
     def heads_last(t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(bh // n_heads, n_heads, ch, length).transpose(-1, -2).to(work)
-        return t if exact_cpu else t.contiguous()  # fused kernels need contiguous inputs; math does not
+        return t if math_only else t.contiguous()  # fused kernels need contiguous inputs; math does not
 
     args = (heads_last(q), heads_last(k), heads_last(v))
-    if exact_cpu:
+    if math_only:
         if sdpa_kernel is None:
-            return _attend(q, k, v, n_heads, "einsum")
+            scale = 1.0 / math.sqrt(math.sqrt(ch))
+            return _einsum_core(q * scale, k * scale, v)
         with sdpa_kernel([SDPBackend.MATH]):
             out = F.scaled_dot_product_attention(*args, scale=1.0 / math.sqrt(ch))
     else:
@@ -97,11 +139,12 @@ class QKVAttention(nn.Module):
     """Multi-head attention on a fused qkv tensor [B, 3*H*C, T] → [B, H*C, T].
 
     ``new_order=False`` (legacy): the 3C channels are grouped per head (head 0's q, k, v, then head 1's…).
-    ``new_order=True``: q-block, k-block, v-block, heads inside each. Set ``backend`` to ``"einsum"`` for the
-    straightforward formulation (benchmarks compare both).
+    ``new_order=True``: q-block, k-block, v-block, heads inside each. ``backend``: one of
+    ``ATTENTION_BACKENDS`` (default ``"auto"``: the fastest kernel that keeps the reference's outputs on the
+    input's device).
     """
 
-    def __init__(self, n_heads: int, new_order: bool = False, backend: str = "sdpa"):
+    def __init__(self, n_heads: int, new_order: bool = False, backend: str = "auto"):
         super().__init__()
         self.n_heads = n_heads
         self.new_order = new_order
@@ -110,19 +153,21 @@ class QKVAttention(nn.Module):
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         assert width % (3 * self.n_heads) == 0, (width, self.n_heads)
+        backend = resolve_attention_backend(self.backend, qkv.device)
+        if backend == "einsum":
+            return _einsum_attention(qkv, self.n_heads, self.new_order)
         ch = width // (3 * self.n_heads)
         if self.new_order:
             q, k, v = qkv.chunk(3, dim=1)
             q, k, v = (t.reshape(bs * self.n_heads, ch, length) for t in (q, k, v))
         else:
             q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-        if self.backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {self.backend!r}")
-        return _attend(q, k, v, self.n_heads, self.backend).reshape(bs, -1, length)
+        math_only = backend == "sdpa" and qkv.device.type == "cpu"
+        return _sdpa_attention(q, k, v, self.n_heads, math_only).reshape(bs, -1, length)
 
 
 def set_attention_backend(module: nn.Module, backend: str) -> nn.Module:
-    """Switch every QKVAttention inside ``module`` to ``backend`` ("sdpa" or "einsum"); returns ``module``."""
+    """Switch every QKVAttention inside ``module`` to ``backend`` (one of ``ATTENTION_BACKENDS``); returns ``module``."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     for m in module.modules():

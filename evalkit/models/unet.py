@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit.errors import ConfigError
-from evalkit.models.nn import (QKVAttention, convert_convs_to_fp16, convert_convs_to_fp32, normalization,
+from evalkit.models.nn import (QKVAttention, TempSiLU, convert_convs_to_fp16, convert_convs_to_fp32, normalization,
                               timestep_embedding, zero_module)
 
 
@@ -78,7 +78,7 @@ class ResBlock(TimestepBlock):
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1))
+            normalization(channels), TempSiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -89,13 +89,16 @@ class ResBlock(TimestepBlock):
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
         self.out_layers = nn.Sequential(
-            normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            normalization(self.out_channels), TempSiLU(), nn.Dropout(p=dropout),
             zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)))
         # The skip path needs a 1×1 conv only when the channel count changes (no parameters otherwise).
         self.skip_connection = (nn.Identity() if self.out_channels == channels
                                 else nn.Conv2d(channels, self.out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # Outside autograd the elementwise steps overwrite the block's own temporaries (same values, fewer
+        # allocations); with autograd they allocate, as the backward pass needs their inputs.
+        inplace = not torch.is_grad_enabled()
         if self.updown:
             # Resample between SiLU and the conv, and resample the skip input the same way.
             h = self.in_layers[:-1](x)
@@ -106,11 +109,13 @@ class ResBlock(TimestepBlock):
         emb_out = self.emb_layers(emb).to(h.dtype)[..., None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[0](h)
+            h = h.mul_(1 + scale).add_(shift) if inplace else h * (1 + scale) + shift
             h = self.out_layers[1:](h)
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = self.out_layers(h.add_(emb_out) if inplace else h + emb_out)
+        skip = self.skip_connection(x)
+        return h.add_(skip) if inplace else skip + h  # float addition commutes: same values either way
 
 
 class AttentionBlock(nn.Module):
@@ -138,7 +143,8 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
+        h = h.add_(x) if not torch.is_grad_enabled() else x + h  # the same sum; in place outside autograd
+        return h.reshape(b, c, *spatial)
 
 
 def _check_labels(y: torch.Tensor | None, num_classes: int | None, batch: int) -> None:
@@ -200,7 +206,7 @@ class UNetModel(nn.Module):
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+            nn.Linear(model_channels, time_embed_dim), TempSiLU(), nn.Linear(time_embed_dim, time_embed_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
@@ -239,7 +245,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch), TempSiLU(),
                                  zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
         if use_fp16:
             self.convert_to_fp16()
