@@ -98,9 +98,16 @@ def test_planted_rounding_boundaries_and_radius_ties():
 def _sets(*arrays):
     import torch
 
+    return [fast.FeatureSet(torch, torch.device("cpu"), a) for a in arrays]
+
+
+def test_norms_equal_exact_path():
+    """The fast path's float16 norms are the exact path's (values spanning subnormal to large)."""
     from evalkit.metrics.precision_recall import _NumpyTiles
 
-    return [fast.FeatureSet(torch, torch.device("cpu"), a, lambda x: _NumpyTiles().norms(x, True)) for a in arrays]
+    x = _gamma(50, 300, 16) * np.float32(3.0) ** np.random.default_rng(17).integers(-12, 3, size=(50, 300))
+    (a,) = _sets(x.astype(np.float32))
+    np.testing.assert_array_equal(a.norms, _NumpyTiles().norms(x.astype(np.float32), True))
 
 
 def test_bound_holds_and_is_not_vacuous():

@@ -72,26 +72,28 @@ def chain(m64: np.ndarray, nu: np.ndarray, nv: np.ndarray) -> np.ndarray:
 class FeatureSet:
     """One feature set on the device: rows [x16, nu, 1, 0...] plus float64 bound inputs."""
 
-    def __init__(self, torch, device, feats: np.ndarray, norms_fn):
+    def __init__(self, torch, device, feats: np.ndarray):
         n, dim = feats.shape
         self.n, self.dim = n, dim
         self.kp = ((dim + 2 + 15) // 16) * 16  # zero padding adds exact zero terms (counted in K')
-        host = np.zeros((n, self.kp), np.float32)
+        host = torch.zeros((n, self.kp), dtype=torch.float32)
         self.norms = np.empty(n, np.float32)
         self.absn = np.empty(n, np.float64)
         for s in range(0, n, 4096):
-            x = feats[s:s + 4096]
-            x16 = _r16(x)
-            host[s:s + len(x), :dim] = x16
-            self.norms[s:s + len(x)] = norms_fn(x)
-            self.absn[s:s + len(x)] = np.sqrt(np.einsum("ij,ij->i", x16.astype(np.float64), x16.astype(np.float64)))
-        host[:, dim] = self.norms
+            x16 = torch.from_numpy(feats[s:s + 4096]).half().float()  # IEEE round-to-nearest-even, as numpy
+            sq = (x16 * x16).numpy()  # exact in float32 (22 significant bits)
+            # the exact path's norms: float16 squares, summed in float64 by numpy, float32, float16
+            sq16 = torch.from_numpy(sq).half().float().numpy()
+            self.norms[s:s + len(sq)] = _r16(sq16.sum(axis=1, dtype=np.float64).astype(np.float32))
+            self.absn[s:s + len(sq)] = np.sqrt(sq.sum(axis=1, dtype=np.float64))
+            host[s:s + len(sq), :dim] = x16
+        host[:, dim] = torch.from_numpy(self.norms)
         host[:, dim + 1] = 1.0
         self.absn *= 1 + 2.0 ** -40
-        self.nonneg = bool(np.all(host[:, :dim] >= 0))
+        self.nonneg = bool((host[:, :dim] >= 0).all())
         self.torch = torch
         self.device = device
-        self.L = torch.from_numpy(host).to(device)
+        self.L = host.to(device)
 
     def right_t(self, s: int, e: int):
         """[K', e-s] right operand (-2y, 1, nv, 0...) transposed, built on the fly."""

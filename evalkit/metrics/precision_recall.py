@@ -310,7 +310,7 @@ def _fast(device, run, *feature_arrays):
     from evalkit.metrics import _pr_fast
 
     dev = torch.device("cpu" if device is None else device)
-    sets = [_pr_fast.FeatureSet(torch, dev, f, lambda x: _NumpyTiles().norms(x, True)) for f in feature_arrays]
+    sets = [_pr_fast.FeatureSet(torch, dev, f) for f in feature_arrays]
     if not all(_pr_fast.safe(a, b) for a in sets for b in sets):
         return None  # float16 could overflow somewhere: the exact path decides the float32 fallback
     try:
