@@ -23,11 +23,19 @@ tiled internally. Only the fallback decision is per block, with the reference's 
 ``row_batch`` × ``col_batch`` (10,000 × 10,000). It is taken only on overflow; features where no block
 or every block overflows give identical results for any block sizes.
 
-Memory: one block buffer (row_batch × col_batch float32, 400 MB at the defaults) plus the inputs and
-tiles of at most ~2^24 entries; never an N × M matrix.
+Two implementations with identical results. ``exact=True`` evaluates every entry as above, block
+by block (the oracle; one block buffer of row_batch × col_batch float32, 400 MB at the defaults).
+The default fast path (``evalkit.metrics._pr_fast``, torch on the CPU or the given device) filters
+with a float32 GEMM under a proved error bound and evaluates exactly, with the same formula, only
+the entries the bound cannot decide; it computes self-distance tiles once for both orientations.
+Features whose float16 intermediates could overflow anywhere (squared norms near 16,000 or more)
+take the exact path, which also reproduces the reference's per-block float32 fallback. Memory of
+the fast path: a float32 copy of each feature set plus a few 4096 × 4096 tiles.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -210,7 +218,7 @@ def _radii(tiles, feats: np.ndarray, k: int, row_batch: int, col_batch: int) -> 
 
 
 def manifold_radii(features, k: int = NHOOD_SIZE, row_batch: int = ROW_BATCH, col_batch: int = COL_BATCH,
-                   device=None) -> np.ndarray:
+                   device=None, exact: bool = False) -> np.ndarray:
     """Squared k-NN radii of a feature set, as the reference's ``ManifoldEstimator.manifold_radii``.
 
     Args:
@@ -218,13 +226,18 @@ def manifold_radii(features, k: int = NHOOD_SIZE, row_batch: int = ROW_BATCH, co
         k: neighbourhood size (reference 3): the radius is the value at sorted position k of the
             row's squared distances including the self-distance.
         row_batch, col_batch: block sizes (float16 fallback granularity; reference 10,000).
-        device: None (numpy) or a torch device for the distance blocks.
+        device: None (numpy, or torch on the CPU for the fast path) or a torch device.
+        exact: evaluate every distance (the oracle of the fast path; same results, slower).
     Returns:
         float32 [N] squared radii (the reference returns them as [N, 1]).
     """
     feats = check_features(features, "features")
     k = _check_k(k, feats.shape[0], "features")
     row_batch, col_batch = _check_batches(row_batch, col_batch)
+    if not exact:
+        fast = _fast(device, lambda f, sets: f.radii(sets[0], k), feats)
+        if fast is not None:
+            return fast
     return _radii(_backend(device), feats, k, row_batch, col_batch)
 
 
@@ -237,7 +250,7 @@ def _check_k(k: int, n: int, name: str) -> int:
 
 
 def manifold_membership(ref_features, ref_radii, sample_features, sample_radii, row_batch: int = ROW_BATCH,
-                        col_batch: int = COL_BATCH, device=None) -> tuple[np.ndarray, np.ndarray]:
+                        col_batch: int = COL_BATCH, device=None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Which points lie inside the other set's manifold (reference ``ManifoldEstimator.evaluate_pr``).
 
     Args:
@@ -246,6 +259,7 @@ def manifold_membership(ref_features, ref_radii, sample_features, sample_radii, 
     Returns:
         (ref_in_sample_manifold bool [N], sample_in_ref_manifold bool [M]); their means are recall and
         precision. Blocks are reference rows × sample columns; comparisons are ``<=`` in float32.
+        ``exact=True`` evaluates every distance (same results, slower).
     """
     ref = check_features(ref_features, "ref_features")
     sample = check_features(sample_features, "sample_features")
@@ -253,6 +267,10 @@ def manifold_membership(ref_features, ref_radii, sample_features, sample_radii, 
     r_ref = _check_radii(ref_radii, ref.shape[0], "ref_radii")
     r_sample = _check_radii(sample_radii, sample.shape[0], "sample_radii")
     row_batch, col_batch = _check_batches(row_batch, col_batch)
+    if not exact:
+        fast = _fast(device, lambda f, sets: f.membership(sets[0], r_ref, sets[1], r_sample), ref, sample)
+        if fast is not None:
+            return fast
     return _membership(_backend(device), ref, r_ref, sample, r_sample, row_batch, col_batch)
 
 
@@ -283,8 +301,28 @@ def _membership(tiles, ref, r_ref, sample, r_sample, row_batch, col_batch):
     return ref_in, sample_in
 
 
+def _fast(device, run, *feature_arrays):
+    """Run the fast path on the given feature sets; None where it does not apply (then use exact)."""
+    try:
+        import torch
+    except ImportError:  # the exact numpy path needs no torch
+        return None
+    from evalkit.metrics import _pr_fast
+
+    dev = torch.device("cpu" if device is None else device)
+    sets = [_pr_fast.FeatureSet(torch, dev, f) for f in feature_arrays]
+    if not all(_pr_fast.safe(a, b) for a in sets for b in sets):
+        return None  # float16 could overflow somewhere: the exact path decides the float32 fallback
+    try:
+        return run(_pr_fast, sets)
+    except _pr_fast.BoundViolation:
+        warnings.warn("precision_recall: this device's float32 matmul exceeded the float32 error bound; "
+                      "using the exact float64 path", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def precision_recall(ref_features, sample_features, k: int = NHOOD_SIZE, row_batch: int = ROW_BATCH,
-                     col_batch: int = COL_BATCH, device=None) -> tuple[float, float]:
+                     col_batch: int = COL_BATCH, device=None, exact: bool = False) -> tuple[float, float]:
     """Improved precision and recall of samples against references, as the ADM evaluator.
 
     Args:
@@ -295,6 +333,8 @@ def precision_recall(ref_features, sample_features, k: int = NHOOD_SIZE, row_bat
             per block, and only on overflow).
         device: None computes blocks with numpy; a torch device (e.g. "cuda") computes them with torch,
             with identical emulated float16 semantics.
+        exact: evaluate every distance block in float64 (the previous implementation, kept as the
+            oracle); the default fast path gives the same radii, memberships and numbers.
     Returns:
         (precision, recall) as Python floats: the fraction of samples inside the reference manifold and
         the fraction of references inside the sample manifold.
@@ -307,8 +347,20 @@ def precision_recall(ref_features, sample_features, k: int = NHOOD_SIZE, row_bat
     k = _check_k(k, ref.shape[0], "ref_features")
     _check_k(k, sample.shape[0], "sample_features")
     row_batch, col_batch = _check_batches(row_batch, col_batch)
+    if not exact:
+        fast = _fast(device, lambda f, sets: _fast_pr(f, sets, k), ref, sample)
+        if fast is not None:
+            return fast
     tiles = _backend(device)
     r_ref = _radii(tiles, ref, k, row_batch, col_batch)
     r_sample = _radii(tiles, sample, k, row_batch, col_batch)
     ref_in, sample_in = _membership(tiles, ref, r_ref, sample, r_sample, row_batch, col_batch)
+    return float(np.mean(sample_in)), float(np.mean(ref_in))
+
+
+def _fast_pr(fast, sets, k: int) -> tuple[float, float]:
+    ref, sample = sets
+    r_ref = fast.radii(ref, k)
+    r_sample = fast.radii(sample, k)
+    ref_in, sample_in = fast.membership(ref, r_ref, sample, r_sample)
     return float(np.mean(sample_in)), float(np.mean(ref_in))
