@@ -3,7 +3,7 @@
 The harness (`evalkit.generate.run_stage` + `batch_fn_for`) adds per-sample generators (one
 [C,H,W] draw per sample and step instead of one batched draw), label draws, atomic shard writes
 and the final streamed npz. The bare loop is what the reference script does per batch:
-batched `randn` x_T, `samplers.sample` with the default `randn_like` noise, `to_uint8`, keep
+batched `randn` x_T, `samplers.sample` with the default `randn_like` noise, `samples_to_uint8`, keep
 the arrays in memory. Both run in the same process on the same network, interleaved, and the
 median of several repeats is reported, so the ratio is robust to a busy machine.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.diffusion import create_diffusion, adm_denoiser, to_uint8
+from evalkit.diffusion import create_diffusion, adm_denoiser, samples_to_uint8
 from evalkit.flags import parse_flags
 from evalkit.generate import ModelSpec, SamplingConfig, Stage, batch_fn_for, run_stage
 from evalkit.models import build_from_parsed
@@ -46,7 +46,7 @@ def _sync(device: torch.device) -> None:
 
 def bare_loop(model, diffusion, device, num_samples, batch_size, size, sampler,
               num_classes=1000) -> tuple[float, float]:
-    """(wall, CPU) seconds for the reference-style loop: batched randn, sample, to_uint8, keep in memory."""
+    """(wall, CPU) seconds for the reference-style loop: batched randn, sample, samples_to_uint8, keep in memory."""
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     images = []
@@ -55,7 +55,7 @@ def bare_loop(model, diffusion, device, num_samples, batch_size, size, sampler,
         y = torch.randint(0, num_classes, (b,), device=device)
         x_T = torch.randn(b, 3, size, size, device=device)
         den = adm_denoiser(model, diffusion, clip_denoised=True, model_kwargs={"y": y})
-        images.append(to_uint8(sample(den, diffusion, x_T, sampler=sampler)))
+        images.append(samples_to_uint8(sample(den, diffusion, x_T, sampler=sampler)))
     np.concatenate(images)
     _sync(device)
     return time.perf_counter() - t0, time.process_time() - c0

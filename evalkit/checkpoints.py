@@ -1,7 +1,7 @@
 """Checkpoint loading: preset (or reference flags) + weights file → eval-mode module, sha256, and a
 clear report when the weights belong to another architecture.
 
-Follows the reference's loading rule (openai/guided-diffusion 22e0df8, ``scripts/*_sample.py``:
+Follows the reference's loading rule (openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT``, ``scripts/*_sample.py``:
 plain state dict, strict keys, loaded on CPU, then ``convert_to_fp16`` when ``use_fp16``), but never
 runs pickled code: ``torch.load(..., weights_only=True)`` and ``np.load(..., allow_pickle=False)`` only.
 """
@@ -9,7 +9,6 @@ runs pickled code: ``torch.load(..., weights_only=True)`` and ``np.load(..., all
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pickle
 import zipfile
@@ -25,6 +24,7 @@ from evalkit.errors import CheckpointError, ConfigError
 from evalkit.flags import KINDS, ParsedFlags, parse_flags
 from evalkit.models import build_from_parsed
 from evalkit.presets import PRESETS, Preset, get_preset
+from evalkit.hashing import sha256_file
 from evalkit.runtime import resolve_device
 
 _SHOW = 5  # keys listed per category in a mismatch report
@@ -48,15 +48,6 @@ class LoadedModel:
     path: str
     use_fp16: bool = False
     sample: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, streamed in chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ A run directory holds::
 Shards are the source of truth for what is done: each is written atomically (temporary name, then
 rename), so a `kill -9` loses at most the batches in flight, and any set of shards tiles part of
 [0, N). Which process or batch size produced a shard does not matter, because sample i's
-randomness depends on (seed, i) alone (see `evalkit.generate`). The reference scripts
-(openai/guided-diffusion 22e0df8183507e13a7813f8d38d51b072ca1e67c, `scripts/image_sample.py`)
-instead gather every image into one process and write once at the end.
+randomness depends on (seed, i) alone (see `evalkit.generator`). The reference scripts
+(`scripts/image_sample.py` at `evalkit.REFERENCE_COMMIT`) instead gather every image into one
+process and write once at the end.
 
 This module knows nothing about models: it stores uint8 batches that a caller produces.
 """
@@ -246,11 +246,14 @@ def write_manifest(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> None
 
 
 def new_manifest(kind: str, settings: dict[str, Any], record: dict[str, Any], num_samples: int,
-                 image_shape: tuple[int, int, int], has_labels: bool) -> dict[str, Any]:
-    """A fresh manifest: ``settings`` (compared on resume) and ``record`` (informative only)."""
+                 image_shape: tuple[int, int, int], has_labels: bool,
+                 device_type: str | None = None) -> dict[str, Any]:
+    """A fresh manifest: ``settings`` (compared on resume), ``record`` (informative only) and the
+    device type that makes the images (an unfinished run resumes on that type only)."""
     return {
         "format": FORMAT,
         "kind": kind,
+        "device_type": device_type,
         "settings": json.loads(json.dumps(settings)),
         "record": json.loads(json.dumps(record)),
         "num_samples": int(num_samples),
