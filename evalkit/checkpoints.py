@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from evalkit.errors import CheckpointError, ConfigError
-from evalkit.flags import KINDS, ParsedFlags, parse_flags
+from evalkit.flags import KINDS, ParsedFlags, fp16_default, parse_flags
+from evalkit.hashing import sha256_file
 from evalkit.models import build_from_parsed
 from evalkit.presets import PRESETS, Preset, get_preset
-from evalkit.hashing import sha256_file
 from evalkit.runtime import resolve_device
 
 _SHOW = 5  # keys listed per category in a mismatch report
@@ -195,8 +195,7 @@ def load_checkpoint(path: str | os.PathLike, preset: str | Preset | None = None,
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(dev)
-    fp16_flag = parsed.net["classifier_use_fp16" if parsed.kind == "classifier" else "use_fp16"]
-    half = (bool(fp16_flag) and dev.type == "cuda") if use_fp16 is None else bool(use_fp16)
+    half = fp16_default(parsed.net, parsed.kind, dev.type) if use_fp16 is None else bool(use_fp16)
     if half:
         model.convert_to_fp16()
     model.eval()

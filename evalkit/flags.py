@@ -313,3 +313,11 @@ def constructor_kwargs(parsed: ParsedFlags) -> dict[str, Any]:
     if parsed.kind == "diffusion":
         kwargs["use_new_attention_order"] = f["use_new_attention_order"]
     return kwargs
+
+
+def fp16_default(net: Mapping[str, Any], kind: str, device_type: str) -> bool:
+    """Whether a network runs its torso in float16 unless told otherwise: its fp16 flag
+    (``use_fp16``, ``classifier_use_fp16`` for classifiers), on CUDA only (fp16 convolutions are
+    slow or missing on CPUs). The one place this default is decided."""
+    key = "classifier_use_fp16" if kind == "classifier" else "use_fp16"
+    return bool(net.get(key, False)) and device_type == "cuda"

@@ -11,7 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "evalkit"
 
 # Stages in data-flow order. A module may import its own stage, the foundation and earlier stages.
-FOUNDATION = {"errors", "atomic", "runtime", "flags", "presets", "weights", "plugins", "__init__"}
+FOUNDATION = {"errors", "atomic", "runtime", "flags", "presets", "weights", "plugins", "hashing", "options",
+              "context", "__init__"}
 STAGES = [
     {"models"},
     {"checkpoints"},
@@ -19,7 +20,8 @@ STAGES = [
     {"guidance"},
     {"samplers"},
     {"store", "runstore"},
-    {"generate"},
+    {"generator"},
+    {"sampling"},
     {"features", "refbatches"},
     {"cache"},
     {"metrics"},

@@ -175,7 +175,7 @@ def sweep_command(scales, respacings, sweep_dir, csv_path, ref, features_name, w
     if kw["classifier"] is None and any(scale_list):
         raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
                           f"without one only --scales 0 (unguided) can be swept")
-    plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list, respacing_list)
+    plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list, respacing_list or None)
     options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
     if kw["dry_run"]:
         dev = dry_run_device(kw["device"])

@@ -22,7 +22,7 @@ import torch
 from evalkit import weights
 from evalkit.diffusion import space_timesteps
 from evalkit.errors import CheckpointError, ConfigError, EvalkitError, InputError
-from evalkit.flags import parse_flags
+from evalkit.flags import fp16_default, parse_flags
 from evalkit.presets import get_preset
 from evalkit.sampling.defaults import COMPUTE_CHUNK, NUM_CLASSES
 from evalkit.store import BatchReader, open_batch
@@ -91,9 +91,8 @@ class ModelSpec:
         return int(self.resolved_flags.get("diffusion_steps", 1000))
 
     def fp16_on(self, device: torch.device) -> bool:
-        """The loader's fp16 default: the network's fp16 flag, on CUDA only (decided here only)."""
-        key = "classifier_use_fp16" if self.kind == "classifier" else "use_fp16"
-        return bool(self.resolved_flags.get(key, False)) and device.type == "cuda"
+        """The loader's fp16 default on `device` (`evalkit.flags.fp16_default`)."""
+        return fp16_default(self.resolved_flags, self.kind, device.type)
 
     def label_text(self) -> str:
         """The preset name, else the flag string on one line (results rows)."""
