@@ -1,9 +1,9 @@
 """Throughput of the sampling harness vs the bare sampler loop on the same network.
 
-The harness (`evalkit.generate.run_stage` + `batch_fn_for`) adds per-sample generators (one
+The harness (`evalkit.generator.run_stage` + `evalkit.sampling.adm.adm_batches`) adds per-sample generators (one
 [C,H,W] draw per sample and step instead of one batched draw), label draws, atomic shard writes
 and the final streamed npz. The bare loop is what the reference script does per batch:
-batched `randn` x_T, `samplers.sample` with the default `randn_like` noise, `to_uint8`, keep
+batched `randn` x_T, `samplers.sample` with the default `randn_like` noise, `samples_to_uint8`, keep
 the arrays in memory. Both run in the same process on the same network, interleaved, and the
 median of several repeats is reported, so the ratio is robust to a busy machine.
 
@@ -28,9 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.diffusion import create_diffusion, adm_denoiser, to_uint8
+from evalkit.diffusion import create_diffusion, adm_denoiser, samples_to_uint8
 from evalkit.flags import parse_flags
-from evalkit.generate import ModelSpec, SamplingConfig, Stage, batch_fn_for, run_stage
+from evalkit.context import Context
+from evalkit.generator import run_stage
+from evalkit.options import RunOptions
+from evalkit.sampling.adm import ADMSampler, adm_batches
+from evalkit.sampling.request import ModelSpec, SampleRequest
 from evalkit.models import build_from_parsed
 from evalkit.presets import get_preset
 from evalkit.samplers import sample
@@ -46,7 +50,7 @@ def _sync(device: torch.device) -> None:
 
 def bare_loop(model, diffusion, device, num_samples, batch_size, size, sampler,
               num_classes=1000) -> tuple[float, float]:
-    """(wall, CPU) seconds for the reference-style loop: batched randn, sample, to_uint8, keep in memory."""
+    """(wall, CPU) seconds for the reference-style loop: batched randn, sample, samples_to_uint8, keep in memory."""
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     images = []
@@ -55,20 +59,29 @@ def bare_loop(model, diffusion, device, num_samples, batch_size, size, sampler,
         y = torch.randint(0, num_classes, (b,), device=device)
         x_T = torch.randn(b, 3, size, size, device=device)
         den = adm_denoiser(model, diffusion, clip_denoised=True, model_kwargs={"y": y})
-        images.append(to_uint8(sample(den, diffusion, x_T, sampler=sampler)))
+        images.append(samples_to_uint8(sample(den, diffusion, x_T, sampler=sampler)))
     np.concatenate(images)
     _sync(device)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+class PreloadedSampler(ADMSampler):
+    """The ADM generator around a network already in memory (no checkpoint file)."""
+
+    def __init__(self, request: SampleRequest, model, settings):
+        super().__init__(request)
+        self._model, self._settings = model, settings
+
+    def prepare(self, ctx: Context) -> None:
+        self._fn = adm_batches(self.request, ctx.device, self._model, self._settings)
+
+
 def harness(config, model, settings, device, batch_size, out_dir: Path) -> tuple[float, float]:
     """(wall, CPU) seconds for run_stage (per-sample generators, shards, final npz) into a fresh directory."""
-    stage = Stage(kind="sample", settings=config.base_settings(), record={}, num_samples=config.num_samples,
-                  image_size=config.model.image_size, has_labels=True,
-                  make_batch_fn=lambda: batch_fn_for(config, device, model, settings))
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    run_stage(stage, out_dir, batch_size, progress=False, keep_shards=False)
+    run_stage(PreloadedSampler(config, model, settings), out_dir, RunOptions(batch_size=batch_size, progress=False),
+              Context.local(device))
     _sync(device)
     return time.perf_counter() - t0, time.process_time() - c0
 
@@ -92,10 +105,10 @@ def measure(model, parsed, flags: str, device: torch.device, use_fp16: bool, num
     diffusion = create_diffusion(**{**settings, "timestep_respacing": respacing})
     size = parsed.net["image_size"]
     spec = ModelSpec(kind="diffusion", checkpoint="<random>", checkpoint_sha256="0" * 64, image_size=size,
-                     class_cond=True, flags=flags, num_classes=1000)
+                     class_cond=True, resolved_flags=dict(parsed.net), flags=flags, num_classes=1000)
     # Network calls of the same shape as the bare loop's (--compute-chunk = batch size): this measures
     # the harness's own cost, not the padding a smaller batch than the chunk would add.
-    config = SamplingConfig(model=spec, num_samples=num_samples, seed=0, sampler=sampler,
+    config = SampleRequest(model=spec, num_samples=num_samples, seed=0, sampler=sampler,
                             timestep_respacing=respacing, use_fp16=use_fp16, compute_chunk=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         if warmup:  # allocator, cuDNN autotuning, lazy imports: one batch of each

@@ -153,6 +153,8 @@ def as_results(baselines: pd.DataFrame) -> pd.DataFrame:
     if baselines.empty:
         return empty_table()
     out = baselines[list(COLUMNS)].copy()
+    # A published truncation may be a range in words; the results column holds numbers only.
+    out["truncation"] = pd.to_numeric(baselines["truncation"], errors="coerce")
     keys = (baselines["source"].astype(str) + "|" + baselines["table_or_figure"].astype(str) + "|"
             + baselines["model"].astype(str) + "|" + baselines["guidance_scale"].astype(str))
     out["run_id"] = ["paper-" + hashlib.sha256(k.encode()).hexdigest()[:12] for k in keys]

@@ -1,7 +1,7 @@
 """Checkpoint loading: preset (or reference flags) + weights file → eval-mode module, sha256, and a
 clear report when the weights belong to another architecture.
 
-Follows the reference's loading rule (openai/guided-diffusion 22e0df8, ``scripts/*_sample.py``:
+Follows the reference's loading rule (openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT``, ``scripts/*_sample.py``:
 plain state dict, strict keys, loaded on CPU, then ``convert_to_fp16`` when ``use_fp16``), but never
 runs pickled code: ``torch.load(..., weights_only=True)`` and ``np.load(..., allow_pickle=False)`` only.
 """
@@ -9,7 +9,6 @@ runs pickled code: ``torch.load(..., weights_only=True)`` and ``np.load(..., all
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pickle
 import zipfile
@@ -22,8 +21,8 @@ import torch
 from torch import nn
 
 from evalkit.errors import CheckpointError, ConfigError
-from evalkit.flags import KINDS, ParsedFlags, parse_flags
-from evalkit.hashing import sha256_file as sha256_of
+from evalkit.flags import KINDS, ParsedFlags, fp16_default, parse_flags
+from evalkit.hashing import sha256_file
 from evalkit.models import build_from_parsed
 from evalkit.models.biggan import BigGANConfig, BigGANDeep, from_state_dict
 from evalkit.presets import PRESETS, Preset, get_preset
@@ -50,15 +49,6 @@ class LoadedModel:
     path: str
     use_fp16: bool = False
     sample: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, streamed in chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -206,8 +196,7 @@ def load_checkpoint(path: str | os.PathLike, preset: str | Preset | None = None,
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(dev)
-    fp16_flag = parsed.net["classifier_use_fp16" if parsed.kind == "classifier" else "use_fp16"]
-    half = (bool(fp16_flag) and dev.type == "cuda") if use_fp16 is None else bool(use_fp16)
+    half = fp16_default(parsed.net, parsed.kind, dev.type) if use_fp16 is None else bool(use_fp16)
     if half:
         model.convert_to_fp16()
     model.eval()
@@ -269,7 +258,7 @@ def load_biggan(weights_path: str | os.PathLike, config_path: str | os.PathLike 
     cfg_path = Path(config_path) if config_path is not None else biggan_config_beside(path)
     if config_path is not None or cfg_path.is_file():
         config = BigGANConfig.from_json(cfg_path)
-        cfg_source, cfg_sha = str(cfg_path), sha256_of(cfg_path)
+        cfg_source, cfg_sha = str(cfg_path), sha256_file(cfg_path)
     elif expected_resolution is not None:
         config = BigGANConfig.deep(int(expected_resolution))
         cfg_path, cfg_source, cfg_sha = None, f"the canonical BigGAN-deep-{expected_resolution} config", None
@@ -278,5 +267,5 @@ def load_biggan(weights_path: str | os.PathLike, config_path: str | os.PathLike 
                           f"config JSON that came with the weights")
     model = from_state_dict(state, config, dev, weights=str(path), config_source=cfg_source,
                             expected_resolution=expected_resolution)
-    return LoadedBigGAN(module=model, config=config, sha256=sha256_of(path), path=str(path),
+    return LoadedBigGAN(module=model, config=config, sha256=sha256_file(path), path=str(path),
                         config_path=None if cfg_path is None else str(cfg_path), config_sha256=cfg_sha)

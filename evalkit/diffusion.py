@@ -1,8 +1,7 @@
 """Gaussian diffusion schedules, timestep respacing, and the ADM denoiser adapter.
 
-Reference: openai/guided-diffusion, commit 22e0df8183507e13a7813f8d38d51b072ca1e67c
-(``guided_diffusion/gaussian_diffusion.py``, ``respace.py``, ``script_util.py``); formulas are
-described in ``spec/sampling.md`` §5-§6. This module owns the *numbers*: float64 per-timestep
+Reference: openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT``
+(``guided_diffusion/gaussian_diffusion.py``, ``respace.py``, ``script_util.py``). This module owns the *numbers*: float64 per-timestep
 tables, the respaced process, and the adapter that turns an ADM network's raw output into a
 ``Prediction`` (posterior mean, variance, log-variance, x_0). Samplers (``evalkit.samplers``) and
 guidance (``evalkit.guidance``) only ever see a *denoiser*:
@@ -36,7 +35,7 @@ __all__ = [
     "create_diffusion",
     "get_named_beta_schedule",
     "space_timesteps",
-    "to_uint8",
+    "samples_to_uint8",
 ]
 
 NOISE_SCHEDULES = ("linear", "cosine")
@@ -138,7 +137,7 @@ def space_timesteps(num_timesteps: int, spec: str) -> list[int]:
 
 
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
-    """Base beta schedule (float64 [T]) by name: ``"linear"`` or ``"cosine"`` (spec §6.1)."""
+    """Base beta schedule (float64 [T]) by name: ``"linear"`` or ``"cosine"`` (reference ``get_named_beta_schedule``)."""
     if name == "linear":
         # Linear schedule scaled so that any T matches the T=1000 endpoints 1e-4 .. 0.02.
         scale = 1000 / num_timesteps
@@ -196,7 +195,7 @@ class GaussianDiffusion:
         self.noise_schedule = noise_schedule
         self.timestep_respacing = timestep_respacing
 
-        # Derived float64 tables (spec §6.2), in the reference's formulas.
+        # Derived float64 tables, in the reference's formulas.
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
@@ -390,17 +389,17 @@ def adm_denoiser(model: Callable[..., torch.Tensor], diffusion: GaussianDiffusio
 # Output conversion
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
+def samples_to_uint8(x: torch.Tensor) -> np.ndarray:
     """Final samples float ``[N, C, H, W]`` in about [-1, 1] -> uint8 ``[N, H, W, C]`` (NHWC).
 
     ``clamp((x + 1) * 127.5, 0, 255)`` in float32, then a truncating cast (floor, no rounding).
     Raises ``InputError`` for a non-4-D or non-finite input.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise InputError(f"to_uint8: got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}, "
+        raise InputError(f"samples_to_uint8: got {type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}, "
                          f"expected a float tensor [N, C, H, W]")
     x = x.detach().float()
     if not bool(torch.isfinite(x).all()):
-        raise InputError("to_uint8: samples contain NaN or infinity; the sampler diverged")
+        raise InputError("samples_to_uint8: samples contain NaN or infinity; the sampler diverged")
     u8 = ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -1,10 +1,10 @@
 """Parse guided-diffusion's own flag strings (README ``MODEL_FLAGS`` / ``CLASSIFIER_FLAGS`` /
 ``SAMPLE_FLAGS``) into resolved flag dicts, with the reference scripts' defaults.
 
-Reference: openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c
+Reference: openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT``
 (``guided_diffusion/script_util.py``: ``model_and_diffusion_defaults``, ``classifier_defaults``,
 ``sr_model_and_diffusion_defaults``, ``add_dict_to_argparser``, ``str2bool``; the scripts'
-``create_argparser``). Behaviour per ``spec/sampling.md`` §1. Pure Python (no torch), so
+``create_argparser``). Pure Python (no torch), so
 presets and the CLI can use it anywhere; ``evalkit.models.from_flags`` builds the modules.
 
 evalkit extensions (absent in the reference, defaults reproduce it): ``num_classes`` (1000) for
@@ -262,7 +262,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def default_channel_mult(image_size: int, kind: str) -> tuple[float, ...]:
-    """The reference's resolution-dependent channel multipliers (spec §2.1); ConfigError otherwise."""
+    """The reference's resolution-dependent channel multipliers (``create_model``); ConfigError otherwise."""
     table = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
     if kind == "upsampler":
         table = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
@@ -313,3 +313,11 @@ def constructor_kwargs(parsed: ParsedFlags) -> dict[str, Any]:
     if parsed.kind == "diffusion":
         kwargs["use_new_attention_order"] = f["use_new_attention_order"]
     return kwargs
+
+
+def fp16_default(net: Mapping[str, Any], kind: str, device_type: str) -> bool:
+    """Whether a network runs its torso in float16 unless told otherwise: its fp16 flag
+    (``use_fp16``, ``classifier_use_fp16`` for classifiers), on CUDA only (fp16 convolutions are
+    slow or missing on CPUs). The one place this default is decided."""
+    key = "classifier_use_fp16" if kind == "classifier" else "use_fp16"
+    return bool(net.get(key, False)) and device_type == "cuda"

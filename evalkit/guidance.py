@@ -1,8 +1,7 @@
 """Classifier guidance as a denoiser wrapper (Dhariwal & Nichol 2021, Algorithms 1 and 2).
 
-Reference: openai/guided-diffusion, commit 22e0df8183507e13a7813f8d38d51b072ca1e67c
-(``scripts/classifier_sample.py`` ``cond_fn``; ``gaussian_diffusion.py`` ``condition_mean`` and
-``condition_score``); spec ``sampling.md`` §7. The wrapper returns a denoiser with the same
+Reference: openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT`` (``scripts/classifier_sample.py``
+``cond_fn``; ``gaussian_diffusion.py`` ``condition_mean`` and ``condition_score``). The wrapper returns a denoiser with the same
 signature, so samplers never see the classifier:
 
 * ``.mean`` is ``condition_mean``: mean + variance * g (variance, not standard deviation), used by

@@ -1,9 +1,8 @@
 """Presets: the released guided-diffusion checkpoints by name, with their architecture flags and the
 sampling settings of the paper, in one registry.
 
-Facts from openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c (README.md,
-model-card.md) and Dhariwal & Nichol 2021 (guidance scales, step counts), as collected in
-``spec/checkpoints.md``. Architecture lives next to the name: ``readme_flags`` is the README's
+Facts from openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT`` (README.md, model-card.md) and
+Dhariwal & Nichol 2021 (guidance scales, step counts). Architecture lives next to the name: ``readme_flags`` is the README's
 ``MODEL_FLAGS`` string and ``flags`` the dict it resolves to over the reference defaults.
 """
 

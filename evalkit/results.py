@@ -37,50 +37,85 @@ from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID
 
 # Metric columns in table order (the order plots and tables use).
 METRIC_COLUMNS: tuple[str, ...] = METRIC_KEYS
+# Metrics beyond the reference evaluator's five (empty until a scorer fills them).
+EXTRA_METRIC_COLUMNS: tuple[str, ...] = ("kid", "kid_std", "density", "coverage")
+# Metrics that may carry a bootstrap confidence interval ``<metric>_ci_low`` / ``<metric>_ci_high``.
+CI_METRICS: tuple[str, ...] = (*METRIC_KEYS, "kid", "density", "coverage")
+
+#: Version of the column set written by this module. Version 1 (evalkit 0.1 before the column was
+#: added) is detected by the absence of ``schema_version``; such tables still read and validate,
+#: their rows get the version-2 columns empty and ``schema_version`` 1.
+SCHEMA_VERSION = 2
 
 # Every column of the results table, in file order, with its pandas dtype.
 # "string": text (empty cell = missing); "float": float64 (NaN = missing); "int": nullable Int64.
 SCHEMA: dict[str, str] = {
     "run_id": "string",             # stable hash of the settings that define the row (make_run_id)
     "label": "string",              # free text for legends, e.g. "ADM-G 256"
-    "preset": "string",             # evalkit preset name of the diffusion model
-    "model_flags": "string",        # flags/overrides the model was built with (free text)
+    "family": "string",             # generator family: "adm" (empty in version 1 = "adm"), later "biggan-deep"
+    "preset": "string",             # evalkit preset name of the model
+    "model_flags": "string",        # flags the model was built with (free text)
     "checkpoint_sha256": "string",
-    "classifier": "string",         # classifier preset or path; empty when unguided
+    "classifier": "string",         # classifier preset or flags; empty when unguided
     "classifier_sha256": "string",
     "guidance_scale": "float",      # classifier-guidance scale; 0 = unguided
+    "truncation": "float",          # truncation of a GAN's latents; empty for diffusion
     "sampler": "string",            # one of SAMPLERS
     "steps": "string",              # respacing string as guided-diffusion spells it: "250", "ddim25", "10,15,20"
     "eta": "float",                 # DDIM eta (0 for deterministic DDIM; empty for ancestral)
+    "classes": "string",            # allowed labels, e.g. "0,1,2"; empty = all classes
+    "clip_denoised": "int",         # 0 when x_0 predictions were not clamped; empty = 1 (clamped)
+    "upsampler": "string",          # upsampler preset or flags of a cascade; empty without one
+    "upsampler_sha256": "string",
+    "upsampler_steps": "string",    # the upsampler's respacing
+    "upsampler_seed": "int",
     "num_samples": "int",
-    "seed": "int",                  # first seed of the per-sample seed range
+    "seed": "int",                  # seed of the per-sample generators (seed, i)
     "image_size": "int",            # pixels per side of the evaluated images
     "reference": "string",          # reference batch name or path
     "reference_sha256": "string",
     "features": "string",           # feature-extractor name ("inception" is the ADM evaluator's network)
+    "features_sha256": "string",    # content hash of the feature network's weights
     KEY_IS: "float",
     KEY_FID: "float",
     KEY_SFID: "float",
     KEY_PRECISION: "float",
     KEY_RECALL: "float",
+    **{key: "float" for key in EXTRA_METRIC_COLUMNS},
+    **{f"{key}_ci_{end}": "float" for key in CI_METRICS for end in ("low", "high")},
+    "bootstrap": "int",             # bootstrap replicates behind the *_ci_* columns; empty if none
     "wall_clock_s": "float",        # seconds spent sampling + scoring this row
     "evalkit_version": "string",
     "torch_version": "string",
     "created_at": "string",         # UTC ISO-8601 time the row was written
+    "schema_version": "int",        # SCHEMA_VERSION of the code that wrote the row
 }
 COLUMNS: tuple[str, ...] = tuple(SCHEMA)
+#: The columns of a version-1 table, in their file order.
+V1_COLUMNS: tuple[str, ...] = (
+    "run_id", "label", "preset", "model_flags", "checkpoint_sha256", "classifier", "classifier_sha256",
+    "guidance_scale", "sampler", "steps", "eta", "num_samples", "seed", "image_size", "reference",
+    "reference_sha256", "features", *METRIC_KEYS, "wall_clock_s", "evalkit_version", "torch_version", "created_at",
+)
 
 # Columns a results CSV may have in addition to COLUMNS.
 OPTIONAL_SCHEMA: dict[str, str] = {
     "samples_path": "string",       # npz sample store of the row (for sample grids); relative to the CSV
 }
 
-# Settings whose values define a row: two rows with equal settings get the same run_id.
+# Settings whose values define a row: two rows with equal settings get the same run_id. The run_id
+# hashes them in their version-1 form (see make_run_id), so rows of both versions match.
 IDENTITY_COLUMNS: tuple[str, ...] = (
     "preset", "model_flags", "checkpoint_sha256", "classifier", "classifier_sha256", "guidance_scale",
     "sampler", "steps", "eta", "num_samples", "seed", "image_size", "reference", "reference_sha256",
     "features",
 )
+# Identity columns added in version 2 and hashed only when set to a non-default value.
+V2_IDENTITY_COLUMNS: tuple[str, ...] = ("family", "truncation")
+# Version-2 columns that version 1 wrote into model_flags as flag text.
+FLAG_COLUMNS: tuple[str, ...] = ("classes", "clip_denoised", "upsampler", "upsampler_sha256", "upsampler_steps",
+                                 "upsampler_seed")
+DEFAULT_FAMILY = "adm"
 
 SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
 DEFAULT_FEATURES = "inception"
@@ -133,14 +168,47 @@ def _canonical(value: Any, kind: str) -> Any:
     return str(value)
 
 
-def make_run_id(settings: Mapping[str, Any]) -> str:
-    """Stable 16-hex-digit id of the settings in IDENTITY_COLUMNS (others are ignored).
+def legacy_model_flags(settings: Mapping[str, Any]) -> str | None:
+    """``model_flags`` as version 1 wrote it: the flags, then the FLAG_COLUMNS as flag text."""
+    extra = []
+    if not _is_missing(settings.get("classes")):
+        extra.append(f"--classes {settings['classes']}")
+    if not _is_missing(settings.get("clip_denoised")) and not int(settings["clip_denoised"]):
+        extra.append("--no-clip-denoised")
+    if not _is_missing(settings.get("upsampler")):
+        name = str(settings["upsampler"])
+        what = f'--upsampler-flags "{name}"' if name.startswith("-") else f"--upsampler {name}"
+        extra.append(f"{what} --upsampler-sha256 {settings.get('upsampler_sha256')} "
+                     f"--upsampler-respacing {settings.get('upsampler_steps')} "
+                     f"--upsampler-seed {settings.get('upsampler_seed')}")
+    flags = settings.get("model_flags")
+    text = " ".join(([] if _is_missing(flags) else [str(flags)]) + extra).strip()
+    return text or None
 
-    Missing and empty settings hash alike; numbers hash by value (``1 == 1.0``).
+
+def make_run_id(settings: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit id of the settings that define a row (others are ignored).
+
+    Missing and empty settings hash alike; numbers hash by value (``1 == 1.0``). The hash is of
+    the version-1 identity (IDENTITY_COLUMNS, with FLAG_COLUMNS folded into ``model_flags`` as
+    version 1 wrote them), plus ``family``/``truncation`` only when set to a non-default value, so
+    a version-2 row gets the run_id of the version-1 row of the same settings.
     """
     canon = {c: _canonical(settings.get(c), SCHEMA[c]) for c in IDENTITY_COLUMNS}
+    canon["model_flags"] = legacy_model_flags(settings)
+    family = settings.get("family")
+    if not _is_missing(family) and family != DEFAULT_FAMILY:
+        canon["family"] = str(family)
+    if not _is_missing(settings.get("truncation")):
+        canon["truncation"] = _canonical(settings.get("truncation"), "float")
     blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def format_scale(scale: float) -> str:
+    """Shortest exact text of a guidance scale (folder names, labels): 2.0 → "2", 0.5 → "0.5"."""
+    text = repr(float(scale))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def coerce_columns(df: pd.DataFrame, schema: Mapping[str, str], where: str) -> pd.DataFrame:
@@ -181,13 +249,34 @@ def column_problems(df: pd.DataFrame, required, allowed) -> str:
     return "; ".join(parts)
 
 
+def schema_version(df: pd.DataFrame) -> int:
+    """1 for a table without a ``schema_version`` column (the first version), else SCHEMA_VERSION."""
+    return SCHEMA_VERSION if "schema_version" in df.columns else 1
+
+
+def upgrade_v1(df: pd.DataFrame) -> pd.DataFrame:
+    """A version-1 table with the version-2 columns added (empty; ``schema_version`` 1)."""
+    out = df.copy()
+    for col in COLUMNS:
+        if col not in out.columns:
+            out[col] = pd.NA
+    out["schema_version"] = 1
+    return out
+
+
 def validate_table(df: pd.DataFrame, where: str = "results table") -> pd.DataFrame:
     """Check `df` against the schema and return it with canonical column order and dtypes.
 
-    Raises InputError naming `where` and the missing / extra columns, a cell that is not a
-    number where one is expected, or an unknown sampler.
+    A table without ``schema_version`` is checked against the version-1 columns and upgraded
+    (`upgrade_v1`). Raises InputError naming `where` and the missing / extra columns, a cell that
+    is not a number where one is expected, or an unknown sampler.
     """
-    problems = column_problems(df, COLUMNS, {**SCHEMA, **OPTIONAL_SCHEMA})
+    if schema_version(df) == 1:
+        problems = column_problems(df, V1_COLUMNS, {**{c: SCHEMA[c] for c in V1_COLUMNS}, **OPTIONAL_SCHEMA})
+        if not problems:
+            df = upgrade_v1(df)
+    else:
+        problems = column_problems(df, COLUMNS, {**SCHEMA, **OPTIONAL_SCHEMA})
     if problems:
         raise InputError(f"{where}: not an evalkit results table ({problems}); "
                          f"expected the columns of evalkit.results.COLUMNS: {', '.join(COLUMNS)}")
@@ -250,6 +339,8 @@ def complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if full.get("run_id") is None:
         full["run_id"] = make_run_id(full)
     full.setdefault("evalkit_version", __version__)
+    if full.get("schema_version") is None:
+        full["schema_version"] = SCHEMA_VERSION
     if full.get("evalkit_version") is None:
         full["evalkit_version"] = __version__
     if full.get("torch_version") is None:

@@ -12,9 +12,9 @@ A run directory holds::
 Shards are the source of truth for what is done: each is written atomically (temporary name, then
 rename), so a `kill -9` loses at most the batches in flight, and any set of shards tiles part of
 [0, N). Which process or batch size produced a shard does not matter, because sample i's
-randomness depends on (seed, i) alone (see `evalkit.generate`). The reference scripts
-(openai/guided-diffusion 22e0df8183507e13a7813f8d38d51b072ca1e67c, `scripts/image_sample.py`)
-instead gather every image into one process and write once at the end.
+randomness depends on (seed, i) alone (see `evalkit.generator`). The reference scripts
+(`scripts/image_sample.py` at `evalkit.REFERENCE_COMMIT`) instead gather every image into one
+process and write once at the end.
 
 One job owns a run directory at a time (``claim_run_dir``): another process that opens it while
 it is in use fails at once (or waits, see ``claim_run_dir``) naming the holder; a lock left by a
@@ -42,9 +42,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 
 from evalkit.atomic import atomic_path, atomic_write_text
+from evalkit.context import Context
 from evalkit.errors import LockError, RunDirectoryError
 from evalkit.locks import FileLock, note_waiting
-from evalkit.runtime import rank, world_size
 from evalkit.store import NpzWriter
 
 MANIFEST = "manifest.json"
@@ -261,11 +261,14 @@ def write_manifest(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> None
 
 
 def new_manifest(kind: str, settings: dict[str, Any], record: dict[str, Any], num_samples: int,
-                 image_shape: tuple[int, int, int], has_labels: bool) -> dict[str, Any]:
-    """A fresh manifest: ``settings`` (compared on resume) and ``record`` (informative only)."""
+                 image_shape: tuple[int, int, int], has_labels: bool,
+                 device_type: str | None = None) -> dict[str, Any]:
+    """A fresh manifest: ``settings`` (compared on resume), ``record`` (informative only) and the
+    device type that makes the images (an unfinished run resumes on that type only)."""
     return {
         "format": FORMAT,
         "kind": kind,
+        "device_type": device_type,
         "settings": json.loads(json.dumps(settings)),
         "record": json.loads(json.dumps(record)),
         "num_samples": int(num_samples),
@@ -372,19 +375,9 @@ def _wait_timeout(wait: bool | float | None) -> float | None:
     return max(0.0, float(wait))
 
 
-def _from_rank0(error: Exception | None) -> Exception | None:
-    """Rank 0's `error` (or None) on every rank of a torchrun job; as is in one process."""
-    if world_size() > 1:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            box = [error]
-            dist.broadcast_object_list(box, src=0)
-            return box[0]
-    return error
-
-
 @contextlib.contextmanager
-def claim_run_dir(run_dir: str | os.PathLike, wait: bool | float | None = None) -> Iterator[FileLock]:
+def claim_run_dir(run_dir: str | os.PathLike, wait: bool | float | None = None,
+                  ctx: Context | None = None) -> Iterator[FileLock]:
     """Own `run_dir` for the block: hold ``<run_dir>/.evalkit-run.lock`` (created with the directory).
 
     `wait`: False (or 0) fails at once when another job holds the directory, a number waits that many
@@ -406,7 +399,8 @@ def claim_run_dir(run_dir: str | os.PathLike, wait: bool | float | None = None) 
                     on_wait=note_waiting(f"run directory {run_dir}"))
     created = not run_dir.exists()
     error: Exception | None = None
-    if rank() == 0:
+    ctx = ctx or Context.local()
+    if ctx.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
@@ -416,7 +410,7 @@ def claim_run_dir(run_dir: str | os.PathLike, wait: bool | float | None = None) 
                                       f"{WAIT_ENV}=SECONDS")
         except OSError as exc:
             error = _os_error(exc, "run directory", run_dir)
-    error = _from_rank0(error)
+    error = ctx.broadcast(error)
     if error is not None:
         raise error
     if lock.previous is not None:
@@ -450,7 +444,7 @@ def owns_run_dir(param: str = "out_dir", wait: bool | float | None = None) -> Ca
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
-            with claim_run_dir(bound.arguments[param], wait):
+            with claim_run_dir(bound.arguments[param], wait, bound.arguments.get("ctx")):
                 return fn(*args, **kwargs)
         return wrapper  # type: ignore[return-value]
     return decorate

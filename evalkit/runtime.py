@@ -1,8 +1,8 @@
-"""Device, distributed execution and per-sample random generators.
+"""Device resolution, TF32 control and per-sample random generators.
 
-Resolve `--device` once (``resolve_device``) and pass it down. Distributed helpers are no-ops in a
-single process; under ``torchrun`` they use NCCL on GPUs and gloo on CPU. No MPI, no global
-environment writes (``CUDA_VISIBLE_DEVICES`` is never touched).
+`evalkit.context.Context` resolves the device once per command (``resolve_device``) and owns the
+process group; the rank helpers left here serve modules not yet moved to the context. No MPI, no
+global environment writes (``CUDA_VISIBLE_DEVICES`` is never touched).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 from typing import Iterator
 
 import torch
@@ -85,12 +84,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def print0(*args, **kwargs) -> None:
-    """``print`` on rank 0 only."""
-    if is_main():
-        print(*args, **kwargs)
-
-
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
@@ -103,11 +96,6 @@ def init_distributed(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def shutdown_distributed() -> None:
@@ -137,7 +125,3 @@ def sample_generator(seed: int, index: int, device: torch.device | str = "cpu") 
     gen = torch.Generator(device=device)
     gen.manual_seed(x & (2**63 - 1))
     return gen
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

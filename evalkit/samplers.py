@@ -1,8 +1,7 @@
 """Samplers: ancestral (DDPM) and DDIM loops over a denoiser, one signature for all.
 
-Reference: openai/guided-diffusion, commit 22e0df8183507e13a7813f8d38d51b072ca1e67c
-(``gaussian_diffusion.py``: ``p_sample``/``p_sample_loop``, ``ddim_sample``/``ddim_sample_loop``);
-spec ``sampling.md`` §6.4-§6.5. A sampler receives a denoiser (``evalkit.diffusion.Denoiser``),
+Reference: openai/guided-diffusion at ``evalkit.REFERENCE_COMMIT`` (``gaussian_diffusion.py``:
+``p_sample``/``p_sample_loop``, ``ddim_sample``/``ddim_sample_loop``). A sampler receives a denoiser (``evalkit.diffusion.Denoiser``),
 the diffusion process, the starting noise ``x_T`` and a per-step noise source; it never loads
 weights, picks devices, writes files or sees a classifier (guidance wraps the denoiser).
 
@@ -113,16 +112,10 @@ def _loop(step, denoiser: Denoiser, diffusion: GaussianDiffusion, x_T: torch.Ten
     return x
 
 
-def ancestral(denoiser: Denoiser, diffusion: GaussianDiffusion, x_T: torch.Tensor, *, eta: float = 0.0,
+def ancestral(denoiser: Denoiser, diffusion: GaussianDiffusion, x_T: torch.Tensor, *,
               noise: Optional[NoiseFn] = None, progress: Optional[ProgressFn] = None,
               callback: Optional[CallbackFn] = None) -> torch.Tensor:
-    """Ancestral sampling (reference ``p_sample_loop``) from ``x_T`` [N, C, H, W] to x_0 (float32).
-
-    ``eta`` exists only for the common signature; anything but 0 is a ``ConfigError``.
-    """
-    if eta not in (None, 0, 0.0):
-        raise ConfigError(f"eta: got {eta!r}, but eta only applies to the ddim sampler; ancestral "
-                          f"sampling takes no eta (leave it at 0 or choose sampler 'ddim')")
+    """Ancestral sampling (reference ``p_sample_loop``) from ``x_T`` [N, C, H, W] to x_0 (float32)."""
     return _loop(ancestral_step, denoiser, diffusion, x_T, noise, progress, callback)
 
 
@@ -140,7 +133,7 @@ def ddim(denoiser: Denoiser, diffusion: GaussianDiffusion, x_T: torch.Tensor, *,
     return _loop(ddim_step, denoiser, diffusion, x_T, noise, progress, callback, eta=float(eta))
 
 
-# Registry of samplers; every entry has the signature of ``sample`` minus ``sampler``.
+# Registry of samplers; every entry has the signature of ``sample`` minus ``sampler`` (``eta``: ddim only).
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ancestral": ancestral, "ddim": ddim}
 
 
@@ -159,4 +152,9 @@ def sample(denoiser: Denoiser, diffusion: GaussianDiffusion, x_T: torch.Tensor, 
     fn = SAMPLERS.get(sampler)
     if fn is None:
         raise ConfigError(f"sampler: got {sampler!r}, expected one of {', '.join(sorted(SAMPLERS))}")
-    return fn(denoiser, diffusion, x_T, eta=eta, noise=noise, progress=progress, callback=callback)
+    if fn is ddim:
+        return ddim(denoiser, diffusion, x_T, eta=eta, noise=noise, progress=progress, callback=callback)
+    if eta not in (None, 0, 0.0):
+        raise ConfigError(f"eta: got {eta!r}, but eta only applies to the ddim sampler; {sampler} "
+                          f"sampling takes no eta (leave it at 0 or choose sampler 'ddim')")
+    return fn(denoiser, diffusion, x_T, noise=noise, progress=progress, callback=callback)

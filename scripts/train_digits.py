@@ -18,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 DATA = Path(__file__).resolve().parents[1] / "evalkit" / "data"
@@ -25,7 +26,7 @@ DATA = Path(__file__).resolve().parents[1] / "evalkit" / "data"
 
 def _save(state: dict, out: Path, info: dict, t0: float) -> None:
     from evalkit.atomic import atomic_path
-    from evalkit.weights import sha256_file
+    from evalkit.hashing import sha256_file
 
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
@@ -37,8 +38,8 @@ def verify(args: argparse.Namespace) -> None:
     """Print (scale, IS, FD, sFD, precision, recall, seconds) for the digits models vs the 1797 real digits."""
     from evalkit.checkpoints import load_checkpoint
     from evalkit.demo.data import digits_images
-    from evalkit.demo.models import DIGITS_PRESETS, load_digits_model, sample_digits
-    from evalkit.diffusion import create_diffusion
+    from evalkit.demo.models import DIGITS_PRESETS, digits_request, load_digits_model
+    from evalkit.sampling.adm import adm_batches
     import evalkit.features.digits  # noqa: F401  (registers the "digits" extractor)
     from evalkit.features.registry import get_extractor
     from evalkit.metrics import feature_statistics, frechet_distance, inception_score, precision_recall, softmax
@@ -50,7 +51,6 @@ def verify(args: argparse.Namespace) -> None:
         unet = load_checkpoint(args.weights_dir / unet_p.weights, preset=unet_p)
         cls = load_checkpoint(args.weights_dir / cls_p.weights, preset=cls_p)
     settings = unet_p.diffusion_settings(args.respacing)
-    diffusion = create_diffusion(**settings)
     extractor = get_extractor("digits")
     real, _ = digits_images()
     ref = extractor(real)
@@ -60,7 +60,11 @@ def verify(args: argparse.Namespace) -> None:
     print("scale,IS,FD,sFD,precision,recall,acc_vs_label,seconds,cpu_seconds", flush=True)
     for scale in [float(v) for v in args.scales.split(",")]:
         t0, c0 = time.time(), time.process_time()
-        images, labels = sample_digits(unet.module, diffusion, cls.module, scale, args.num_samples, seed=args.seed)
+        request = digits_request(scale, args.num_samples, args.seed, timestep_respacing=settings["timestep_respacing"],
+                                 weights_dir=args.weights_dir)
+        fn = adm_batches(request, torch.device("cpu"), unet.module, unet.diffusion, cls.module if scale else None)
+        parts = [fn(range(s, min(s + 500, args.num_samples))) for s in range(0, args.num_samples, 500)]
+        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
         f = extractor(images)
         is_ = inception_score(softmax(f["logits"]))

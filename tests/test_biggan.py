@@ -27,7 +27,7 @@ from evalkit import weights
 from evalkit.checkpoints import load_biggan
 from evalkit.diffusion import to_uint8
 from evalkit.errors import CheckpointError, ConfigError, InputError, WeightsError
-from evalkit.generate import SampleNoise
+from evalkit.sampling.noise import SampleNoise
 from evalkit.models.biggan import (BigGANConfig, BigGANDeep, biggan_latents, from_state_dict, random_state_dict,
                                    state_signature, truncated_normal)
 from evalkit.presets import BIGGAN_PRESETS, PRESETS, BigGANPreset, Preset, register_biggan_preset, register_preset

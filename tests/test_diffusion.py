@@ -12,7 +12,7 @@ import torch
 
 from conftest import load_fixture
 from evalkit.diffusion import (GaussianDiffusion, Prediction, adm_denoiser, create_diffusion,
-                               get_named_beta_schedule, space_timesteps, to_uint8)
+                               get_named_beta_schedule, space_timesteps, samples_to_uint8)
 from evalkit.errors import ConfigError, InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_to_uint8_truncates_clamps_and_is_nhwc():
     x = torch.tensor([1.0, 0.999, -1.0, 1.5, -3.0, 0.0, 0.00392, -0.99]).view(1, 1, 1, 8).repeat(1, 3, 2, 1)
     x[0, 1] += 0  # channel 1 equal to channel 0; change channel 2 to test layout
     x[0, 2] = -1.0
-    u8 = to_uint8(x)
+    u8 = samples_to_uint8(x)
     assert u8.dtype == np.uint8 and u8.shape == (1, 2, 8, 3)
     # (x+1)*127.5 = 255, 254.87, 0, 318.75, -255, 127.5, 127.999, 1.275 -> floor after clamp.
     assert u8[0, 0, :, 0].tolist() == [255, 254, 0, 255, 0, 127, 127, 1]
@@ -263,6 +263,6 @@ def test_to_uint8_truncates_clamps_and_is_nhwc():
 
 def test_to_uint8_rejects_bad_input():
     with pytest.raises(InputError, match="NaN"):
-        to_uint8(torch.full((1, 3, 2, 2), float("nan")))
+        samples_to_uint8(torch.full((1, 3, 2, 2), float("nan")))
     with pytest.raises(InputError, match=r"\[N, C, H, W\]"):
-        to_uint8(torch.zeros(3, 2, 2))
+        samples_to_uint8(torch.zeros(3, 2, 2))

@@ -208,3 +208,48 @@ def test_metric_label_depends_on_features():
     assert metric_label("inception_score", "digits") == "IS (digits features)"
     with pytest.raises(InputError, match="unknown metric 'kid'"):
         metric_label("kid")
+
+
+def test_version1_csv_reads_validates_and_keeps_its_run_ids(tmp_path):
+    """A CSV written before schema version 2 (no schema_version column) reads as a full table: the
+    new columns empty, schema_version 1, run_ids unchanged; appending keeps the old row intact."""
+    from evalkit.results import SCHEMA_VERSION, V1_COLUMNS
+
+    row = settings(1.0)
+    row["run_id"] = make_run_id(row)
+    path = tmp_path / "v1.csv"
+    pd.DataFrame([{c: row.get(c) for c in V1_COLUMNS}]).to_csv(path, index=False)
+    assert "schema_version" not in path.read_text().splitlines()[0]
+    df = read_results(path)
+    assert tuple(df.columns) == COLUMNS and df.loc[0, "schema_version"] == 1
+    assert df.loc[0, "run_id"] == row["run_id"] == make_run_id(df.loc[0].to_dict())
+    assert df[["family", "truncation", "kid", "fid_ci_low", "bootstrap"]].isna().all().all()
+    append_row(path, settings(2.0))
+    both = read_results(path)
+    assert both["schema_version"].tolist() == [1, SCHEMA_VERSION]
+    assert both.loc[0, "run_id"] == row["run_id"] and both.loc[0, "fid"] == row["fid"]
+    # A version-1 table with a column missing is still refused, naming it.
+    pd.DataFrame([{c: row.get(c) for c in V1_COLUMNS if c != "seed"}]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="missing columns: seed"):
+        read_results(path)
+
+
+def test_run_id_of_version2_columns_equals_version1_flag_text():
+    """Settings that version 1 wrote into model_flags as flag text and version 2 writes into columns
+    give the same run_id, so a rerun sweep skips rows of the old version; family/truncation count
+    only when set. Catches a hash over the new columns as they are."""
+    flags = "--image_size 8 --class_cond True"
+    v1 = settings(1.0, model_flags=f'{flags} --classes 0,1,2 --no-clip-denoised --upsampler-flags "--large_size 16" '
+                                   f'--upsampler-sha256 {"3" * 64} --upsampler-respacing 2 --upsampler-seed 1')
+    v2 = settings(1.0, model_flags=flags, classes="0,1,2", clip_denoised=0, upsampler="--large_size 16",
+                  upsampler_sha256="3" * 64, upsampler_steps="2", upsampler_seed=1, family="adm",
+                  features_sha256="4" * 64, kid=0.1, fid_ci_low=1.0, bootstrap=100)
+    assert make_run_id(v1) == make_run_id(v2)
+    preset_v1 = settings(1.0, model_flags=f"--upsampler up64 --upsampler-sha256 {'3' * 64} --upsampler-respacing "
+                                         f"250 --upsampler-seed 2")
+    preset_v2 = settings(1.0, upsampler="up64", upsampler_sha256="3" * 64, upsampler_steps="250", upsampler_seed=2)
+    assert make_run_id(preset_v1) == make_run_id(preset_v2)
+    assert make_run_id(settings(1.0, clip_denoised=1)) == make_run_id(settings(1.0))
+    for changed in (dict(classes="0,1"), dict(clip_denoised=0), dict(family="biggan-deep"), dict(truncation=0.5),
+                    dict(upsampler="up64", upsampler_sha256="3" * 64, upsampler_steps="250", upsampler_seed=2)):
+        assert make_run_id(settings(1.0, **changed)) != make_run_id(settings(1.0)), changed

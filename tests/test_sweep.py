@@ -26,17 +26,23 @@ from tiny_sampling import CLASSIFIER_FLAGS, SUBPROCESS_ENV, UNET_FLAGS, one_thre
 
 from evalkit.cli import main
 from evalkit.errors import ConfigError
-from evalkit.generate import make_sampling_config
+from evalkit.options import RunOptions
+from evalkit.sampling.request import SampleArgs, make_request
 from evalkit.metrics import METRIC_KEYS
 from evalkit.results import COLUMNS, read_results
-from evalkit.sweep import (parse_respacings, parse_scales, run_sweep, setting_config, setting_dirname, settings_row,
-                           unguided_if_zero)
+from evalkit.results import legacy_model_flags
+from evalkit.sweep import (SweepPlan, parse_respacings, parse_scales, run_sweep, setting_dirname, setting_request,
+                           settings_row, unguided_if_zero)
 
 SCALES = "0,1,4"
 # The baseline and the killed sweep use the same batch size: then every batch, and so every float
 # rounding of the samples, is the same in both (other batch sizes may flip a rare uint8 pixel).
 BATCH = 2
 TESTS_DIR = Path(__file__).parent
+
+
+def _request(**kw):
+    return make_request(SampleArgs(**kw))
 
 
 def _invoke(*args):
@@ -98,34 +104,34 @@ def test_parse_scales_and_respacings():
 
 
 def test_setting_config_and_folder_names(assets):
-    base = make_sampling_config(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=4,
+    base = _request(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=4,
                                 timestep_respacing="2", classifier=str(assets["classifier"]),
                                 classifier_flags=CLASSIFIER_FLAGS, classifier_scale=1.0)
-    guided = setting_config(base, 4, "ddim2")
+    guided = setting_request(base, 4, "ddim2")
     assert (guided.classifier_scale, guided.sampler, guided.timestep_respacing) == (4.0, "ddim", "ddim2")
-    assert setting_config(base, 2, "3").sampler == "ancestral"
-    unguided = setting_config(base, 0)
+    assert setting_request(base, 2, "3").sampler == "ancestral"
+    unguided = setting_request(base, 0)
     assert unguided.classifier is None and unguided.classifier_scale is None
     assert unguided.timestep_respacing == "2"
     with pytest.raises(ConfigError, match="needs a classifier"):
-        setting_config(unguided, 1.0)
+        setting_request(unguided, 1.0)
     for bad in ("ddim999", "1001"):  # no integer stride gives 999 of 1000 steps; 1001 > T
         with pytest.raises(ConfigError, match=f"--respacings '{bad}'"):
-            setting_config(base, 1.0, bad)
+            setting_request(base, 1.0, bad)
     assert setting_dirname(2.0) == "scale-2" and setting_dirname(0.5, "ddim25") == "scale-0.5_steps-ddim25"
 
 
 def test_settings_row_identity(assets):
     def row(**kw):
         kw.setdefault("timestep_respacing", "2")
-        config = make_sampling_config(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=4, **kw)
+        config = _request(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=4, **kw)
         return settings_row(config, reference="ref.npz", reference_sha256="ab" * 32, features=FEATURES)
 
     guided = dict(classifier=str(assets["classifier"]), classifier_flags=CLASSIFIER_FLAGS)
     plain = row()
     assert plain["guidance_scale"] == 0.0 and plain["classifier"] is None and plain["steps"] == "2"
     # Scale 0 drops the classifier: the row is the plain model's.
-    assert settings_row(unguided_if_zero(make_sampling_config(
+    assert settings_row(unguided_if_zero(_request(
         checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=4, timestep_respacing="2",
         classifier_scale=0.0, **guided)), reference="ref.npz", reference_sha256="ab" * 32,
         features=FEATURES)["run_id"] == plain["run_id"]
@@ -133,7 +139,11 @@ def test_settings_row_identity(assets):
     others = [row(classifier_scale=1.0, **guided), row(classifier_scale=2.0, **guided), row(classes="0-4"),
               row(clip_denoised=False), row(seed=1), row(timestep_respacing="3")]
     assert len({plain["run_id"], *(r["run_id"] for r in others)}) == 1 + len(others)
-    assert others[2]["model_flags"].endswith("--classes 0,1,2,3,4")
+    assert others[2]["classes"] == "0,1,2,3,4" and others[2]["model_flags"] == plain["model_flags"]
+    assert others[3]["clip_denoised"] == 0 and plain["clip_denoised"] is None
+    # The run_id is that of the version-1 row, which wrote these settings into model_flags.
+    assert legacy_model_flags(others[2]).endswith("--classes 0,1,2,3,4")
+    assert legacy_model_flags(others[3]).endswith("--no-clip-denoised")
     assert row(timestep_respacing="")["steps"] == "1000"
 
 
@@ -201,11 +211,11 @@ def test_extended_sweep_runs_only_the_new_setting(assets, baseline, tmp_path):
     shutil.copytree(baseline["out"], out)
     shutil.copy(baseline["csv"], csv)
     calls = CALLS.get(FEATURES, 0)
-    table = run_sweep(make_sampling_config(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS,
-                                           num_samples=NUM_SAMPLES, timestep_respacing="2",
-                                           classifier=str(assets["classifier"]), classifier_flags=CLASSIFIER_FLAGS,
-                                           classifier_scale=1.0),
-                      [0, 1, 4, 2], None, assets["ref"], out, csv, FEATURES, "cpu", batch_size=10, progress=False)
+    base = _request(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=NUM_SAMPLES,
+                    timestep_respacing="2", classifier=str(assets["classifier"]), classifier_flags=CLASSIFIER_FLAGS,
+                    classifier_scale=1.0)
+    table = run_sweep(SweepPlan.of(base, [0, 1, 4, 2]), assets["ref"], out, csv, FEATURES,
+                      RunOptions(batch_size=10, progress=False))
     assert CALLS.get(FEATURES, 0) - calls == NUM_SAMPLES  # the new setting's samples only
     assert table["guidance_scale"].tolist() == [0.0, 1.0, 4.0, 2.0]
     old = read_results(baseline["csv"])
@@ -214,11 +224,11 @@ def test_extended_sweep_runs_only_the_new_setting(assets, baseline, tmp_path):
 
 
 def test_respacings_sweep_the_product(assets, tmp_path):
-    base = make_sampling_config(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=NUM_SAMPLES,
+    base = _request(checkpoint=str(assets["unet"]), model_flags=UNET_FLAGS, num_samples=NUM_SAMPLES,
                                 classifier=str(assets["classifier"]), classifier_flags=CLASSIFIER_FLAGS,
                                 classifier_scale=1.0)
-    table = run_sweep(base, "0,2", "2,ddim2", assets["ref"], tmp_path / "sweep", tmp_path / "r.csv", FEATURES,
-                      "cpu", batch_size=10, progress=False, label="tiny")
+    table = run_sweep(SweepPlan.of(base, "0,2", "2,ddim2"), assets["ref"], tmp_path / "sweep", tmp_path / "r.csv",
+                      FEATURES, RunOptions(batch_size=10, progress=False), label="tiny")
     assert table[["guidance_scale", "sampler", "steps"]].values.tolist() == [
         [0.0, "ancestral", "2"], [2.0, "ancestral", "2"], [0.0, "ddim", "ddim2"], [2.0, "ddim", "ddim2"]]
     assert table["eta"].isna().tolist() == [True, True, False, False]

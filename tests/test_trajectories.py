@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import load_fixture, load_weights
-from evalkit.diffusion import adm_denoiser, create_diffusion, to_uint8
+from evalkit.diffusion import adm_denoiser, create_diffusion, samples_to_uint8
 from evalkit.guidance import classifier_guidance
 from evalkit.samplers import sample
 
@@ -135,7 +135,7 @@ def check_trajectory(name: str, meta: dict, arrays: dict, model, classifier=None
         if "step_cond_grad" in arrays:
             assert_close(step.prediction.cond_grad, arrays["step_cond_grad"][k], f"{name} step {k} cond_grad")
     assert_close(x0, arrays["sample"], f"{name} final sample")
-    np.testing.assert_array_equal(to_uint8(x0), arrays["sample_uint8_nhwc"])
+    np.testing.assert_array_equal(samples_to_uint8(x0), arrays["sample_uint8_nhwc"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from evalkit.cli.group import main
 @click.option("--num-samples", type=click.IntRange(min=4), default=None, metavar="N",
               help="Samples per guidance scale (fewer than ~500 make the precision rise unreliable).  [default: 500; 200 with --quick]")
 @click.option("--scales", default=None, metavar="S,S,...",
-              help="Comma-separated guidance scales (0 = unguided).  [default: 0,1,2,4,8; 0,8 with --quick]")
+              help="Comma-separated guidance scales (0 = unguided).  [default: 0,0.5,1,2,4,8; 0,8 with --quick]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="SEED",
               help="Seed of the per-sample noise generators (sample i draws its label and noise from (SEED, i)).")
 @click.option("--quick", is_flag=True, default=False, show_default=True,
@@ -30,7 +30,8 @@ def demo_cmd(out: str, num_samples: int | None, scales: str | None, seed: int, q
              batch_size: int, progress: bool) -> None:
     """Run the whole evalkit pipeline offline on the bundled 8×8 handwritten digits, with the small trained
     models shipped in the package: build the reference batch (`evalkit ref build`), sample with classifier
-    guidance at every scale and score each (`evalkit sweep`), write results.csv, the tradeoff report
+    guidance at every scale (0, 0.5, 1, 2, 4, 8 unless --scales says otherwise) and score each (`evalkit sweep`),
+    write results.csv, the tradeoff report
     (`evalkit report`: FD vs IS, precision vs recall, tables), samples.png (a row of samples per scale)
     and a README saying whether IS and precision rise and recall falls as the scale grows — the central
     finding of Dhariwal & Nichol 2021. A few minutes on 2 CPU cores; --quick for a faster check.
@@ -41,7 +42,8 @@ def demo_cmd(out: str, num_samples: int | None, scales: str | None, seed: int, q
       evalkit demo --quick --out /tmp/demo
       evalkit demo --scales 0,1,4,16 --num-samples 1000 --out my_demo
     """
-    from evalkit.demo.run import run_demo  # heavy imports after option parsing
+    from evalkit.context import Context  # heavy imports after option parsing
+    from evalkit.demo.run import run_demo
 
     parts = ["evalkit demo"]
     if out != "reports/demo":
@@ -54,8 +56,9 @@ def demo_cmd(out: str, num_samples: int | None, scales: str | None, seed: int, q
         parts.append(f"--seed {seed}")
     if quick:
         parts.append("--quick")
-    result = run_demo(out, num_samples=num_samples, scales=scales, device=device, quick=quick, seed=seed,
-                      batch_size=batch_size, progress=progress, command=" ".join(parts))
+    with Context.create(device) as ctx:
+        result = run_demo(out, num_samples=num_samples, scales=scales, quick=quick, seed=seed, batch_size=batch_size,
+                          progress=progress, command=" ".join(parts), ctx=ctx)
     checks = result.tradeoff
     click.echo(f"demo finished in {result.seconds:.0f} s; guidance scale up: IS "
                f"{'rises' if checks['is_up'] else 'does NOT rise'}, precision "

@@ -1,7 +1,8 @@
 """`evalkit sample` and `evalkit upsample`: the sampling harness (deterministic, sharded, resumable).
 
-Options are parsed here; everything else is `evalkit.generate` (configs, models, samplers, shards).
-Under ``torchrun`` every rank runs the same command; rank 0 prints and assembles the final npz.
+Options are parsed here into values (`SampleArgs` → `SampleRequest`, `RunOptions`, one `Context`);
+everything else is `evalkit.sampling`. Under ``torchrun`` every rank runs the same command; rank 0
+prints and assembles the final npz.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import json
 import click
 
 from evalkit.cli.group import main
-from evalkit.generate import COMPUTE_CHUNK
 from evalkit.presets import PRESETS
-from evalkit.runtime import is_main, resolve_device, shutdown_distributed
+from evalkit.sampling.defaults import COMPUTE_CHUNK
 
 
 def _names(kind: str) -> list[str]:
@@ -52,13 +52,29 @@ def _common_run_options(func):
     return func
 
 
-def _dry_run(config, out_dir: str, batch_size: int, device: str) -> None:
-    payload = {"config": config.to_dict(), "out": out_dir, "batch_size": batch_size, "device": device}
+def run_options(kw: dict):
+    """`RunOptions` from the options of `_common_run_options` in click's keywords `kw`."""
+    from evalkit.options import RunOptions
+
+    return RunOptions(batch_size=kw["batch_size"], progress=not kw["quiet"], keep_shards=kw["keep_shards"])
+
+
+def dry_run_device(device: str):
+    """The device a run would use (resolved without joining a torchrun job)."""
+    from evalkit.context import Context
+
+    return Context.local(device).device
+
+
+def _dry_run(request, out_dir: str, batch_size: int, device: str) -> None:
+    dev = dry_run_device(device)
+    payload = {"config": request.for_device(dev).to_dict(), "out": out_dir, "batch_size": batch_size,
+               "device": str(dev)}
     click.echo(json.dumps(payload, indent=2, default=str))
 
 
-def _echo_summary(run) -> None:
-    if not is_main():
+def _echo_summary(run, ctx) -> None:
+    if not ctx.is_main:
         return
     if run.base is not None:
         click.echo(run.base.summary())
@@ -103,16 +119,13 @@ def _echo_summary(run) -> None:
 @click.option("--upsampler-seed", type=int, default=None, metavar="S",
               help="Upsampled sample i uses generator (S, i).  [default: --seed + 1]")
 @_common_run_options
-def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respacing, use_ddim, eta,
-                   clip_denoised, classifier, classifier_preset, classifier_flags, classifier_scale, classes,
-                   upsampler, upsampler_flags, upsampler_checkpoint, upsampler_respacing, upsampler_seed,
-                   batch_size, compute_chunk, seed, out_dir, device, use_fp16, keep_shards, dry_run, quiet):
+def sample_command(out_dir, device, dry_run, **kw):
     """Generate samples into a resumable run directory; the result is an evaluator-compatible npz.
 
-    Sample i uses its own random generator (seed, i), so the images do not depend on the batch
-    size, the number of processes or where a run was resumed. Finished batches are written as
-    shards; rerunning the same command skips them. Several GPUs or machines: launch with
-    `torchrun --nproc_per_node=K -m evalkit sample ...`.
+    Sample i uses its own random generator (seed, i), drawn on the CPU, so the images' noise does
+    not depend on the batch size, the number of processes, the device or where a run was resumed.
+    Finished batches are written as shards; rerunning the same command skips them (on the same
+    device type). Several GPUs or machines: launch with `torchrun --nproc_per_node=K -m evalkit sample ...`.
 
     \b
     Examples:
@@ -125,24 +138,17 @@ def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respac
       torchrun --nproc_per_node=8 -m evalkit sample --preset 256x256_diffusion \\
           --checkpoint 256x256_diffusion.pt --num-samples 50000 --out runs/adm256
     """
-    from evalkit.generate import make_sampling_config, run_sampling
+    from evalkit.context import Context
+    from evalkit.sampling.request import SampleArgs, make_request
+    from evalkit.sampling.run import run_sampling
 
-    dev = resolve_device(device)
-    config = make_sampling_config(
-        checkpoint=checkpoint, num_samples=num_samples, preset=preset, model_flags=model_flags, seed=seed,
-        timestep_respacing=timestep_respacing, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
-        classes=classes, classifier=classifier, classifier_preset=classifier_preset,
-        classifier_flags=classifier_flags, classifier_scale=classifier_scale, use_fp16=use_fp16,
-        upsampler=upsampler, upsampler_flags=upsampler_flags, upsampler_checkpoint=upsampler_checkpoint,
-        upsampler_respacing=upsampler_respacing, upsampler_seed=upsampler_seed, compute_chunk=compute_chunk)
+    request = make_request(SampleArgs.from_kwargs(kw))
+    options = run_options(kw)
     if dry_run:
-        _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
+        _dry_run(request, out_dir, options.batch_size, device)
         return
-    try:
-        run = run_sampling(config, out_dir, dev, batch_size=batch_size, progress=not quiet, keep_shards=keep_shards)
-        _echo_summary(run)
-    finally:
-        shutdown_distributed()
+    with Context.create(device) as ctx:
+        _echo_summary(run_sampling(request, out_dir, options, ctx), ctx)
 
 
 @main.command("upsample", context_settings={"show_default": True})
@@ -158,8 +164,7 @@ def sample_command(preset, model_flags, checkpoint, num_samples, timestep_respac
 @click.option("--num-samples", type=int, default=None, metavar="N",
               help="Upsample only the first N base samples.  [default: all]")
 @_common_run_options
-def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_samples, batch_size, compute_chunk, seed,
-                     out_dir, device, use_fp16, keep_shards, dry_run, quiet):
+def upsample_command(lowres, out_dir, device, dry_run, **kw):
     """Upsample existing base samples (npz with arr_0 uint8 [N, h, w, 3], labels in arr_1).
 
     The low-res conditioning is exactly the reference's: uint8 / 127.5 - 1 at the stored size
@@ -173,17 +178,14 @@ def upsample_command(lowres, preset, flags, checkpoint, timestep_respacing, num_
       torchrun --nproc_per_node=8 -m evalkit upsample base.npz --preset 128_512_upsampler \\
           --checkpoint 128_512_upsampler.pt --batch-size 8 --out runs/up512
     """
-    from evalkit.generate import make_upsampling_config, run_upsampling
+    from evalkit.context import Context
+    from evalkit.sampling.request import UpsampleArgs, make_upsample_request
+    from evalkit.sampling.run import run_upsampling
 
-    dev = resolve_device(device)
-    config = make_upsampling_config(lowres, checkpoint=checkpoint, preset=preset, flags=flags,
-                                    timestep_respacing=timestep_respacing, seed=seed, num_samples=num_samples,
-                                    use_fp16=use_fp16, compute_chunk=compute_chunk)
+    request = make_upsample_request(UpsampleArgs.from_kwargs(kw, base_samples=lowres))
+    options = run_options(kw)
     if dry_run:
-        _dry_run(config.for_device(dev), out_dir, batch_size, str(dev))
+        _dry_run(request, out_dir, options.batch_size, device)
         return
-    try:
-        run = run_upsampling(config, out_dir, dev, batch_size=batch_size, progress=not quiet, keep_shards=keep_shards)
-        _echo_summary(run)
-    finally:
-        shutdown_distributed()
+    with Context.create(device) as ctx:
+        _echo_summary(run_upsampling(request, out_dir, options, ctx), ctx)

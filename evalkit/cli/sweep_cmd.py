@@ -12,10 +12,9 @@ import json
 import click
 
 from evalkit.cli.group import main
-from evalkit.cli.sample_cmd import sample_command
-from evalkit.cli.score_cmd import distributed, warnings_to_stderr
+from evalkit.cli.sample_cmd import dry_run_device, run_options, sample_command
+from evalkit.cli.score_cmd import warnings_to_stderr
 from evalkit.errors import ConfigError
-from evalkit.runtime import is_main, resolve_device
 
 
 def sampling_options(exclude: tuple[str, ...] = ()):
@@ -52,19 +51,17 @@ def scoring_options(func):
     return func
 
 
-def _config(kw: dict, classifier_scale: float | None):
-    """SamplingConfig from the `evalkit sample` options in `kw`."""
-    from evalkit.generate import make_sampling_config
+def _request(kw: dict, classifier_scale: float | None):
+    """The SampleRequest of the `evalkit sample` options in `kw`, at `classifier_scale`."""
+    from evalkit.sampling.request import SampleArgs, make_request
 
-    return make_sampling_config(
-        checkpoint=kw["checkpoint"], num_samples=kw["num_samples"], preset=kw["preset"],
-        model_flags=kw["model_flags"], seed=kw["seed"], timestep_respacing=kw["timestep_respacing"],
-        use_ddim=kw["use_ddim"], eta=kw["eta"], clip_denoised=kw["clip_denoised"], classes=kw["classes"],
-        classifier=kw["classifier"], classifier_preset=kw["classifier_preset"],
-        classifier_flags=kw["classifier_flags"], classifier_scale=classifier_scale, use_fp16=kw["use_fp16"],
-        upsampler=kw["upsampler"], upsampler_flags=kw["upsampler_flags"],
-        upsampler_checkpoint=kw["upsampler_checkpoint"], upsampler_respacing=kw["upsampler_respacing"],
-        upsampler_seed=kw["upsampler_seed"], compute_chunk=kw["compute_chunk"])
+    return make_request(SampleArgs.from_kwargs(kw, classifier_scale=classifier_scale))
+
+
+def _score_options(feature_batch_size: int, exact_fid: bool, kw: dict):
+    from evalkit.options import ScoreOptions
+
+    return ScoreOptions(batch_size=feature_batch_size, progress=not kw["quiet"], exact_fid=exact_fid)
 
 
 @sampling_options()
@@ -94,27 +91,28 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
           --num-samples 10000 --timestep-respacing ddim25 --use-ddim --ref imagenet64 \\
           --out runs/ddim25 --json ddim25.json
     """
+    from evalkit.context import Context
     from evalkit.evaluate import build_extractor, format_lines
     from evalkit.refbatches import resolve_batch
-    from evalkit.sweep import check_out_dir, done_run_ids, sample_and_score, unguided_if_zero
+    from evalkit.sweep import check_sweep_dir, done_run_ids, sample_and_score, unguided_if_zero
 
     # Everything that can be refused is checked before any sampling.
-    check_out_dir(kw["out_dir"])
+    check_sweep_dir(kw["out_dir"])
     resolve_batch(ref)
     done_run_ids(csv_path)
-    config = unguided_if_zero(_config(kw, kw["classifier_scale"]))
+    request = unguided_if_zero(_request(kw, kw["classifier_scale"]))
+    options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
     if kw["dry_run"]:
-        dev = resolve_device(kw["device"])
-        click.echo(json.dumps({"config": config.for_device(dev).to_dict(), "out": kw["out_dir"], "ref": ref,
+        dev = dry_run_device(kw["device"])
+        click.echo(json.dumps({"config": request.for_device(dev).to_dict(), "out": kw["out_dir"], "ref": ref,
                                "csv": csv_path, "features": features_name or "inception",
-                               "batch_size": kw["batch_size"], "device": str(dev)}, indent=2, default=str))
+                               "batch_size": options.batch_size, "device": str(dev)}, indent=2, default=str))
         return
-    with warnings_to_stderr(), distributed(kw["device"]) as dev:
-        extractor = build_extractor(features_name, dev, weights_path)
-        result = sample_and_score(config, kw["out_dir"], ref, extractor, dev, csv=csv_path, json_out=json_out,
-                                  label=label, batch_size=kw["batch_size"], feature_batch_size=feature_batch_size,
-                                  progress=not kw["quiet"], keep_shards=kw["keep_shards"], exact_fid=exact_fid)
-        if not is_main():
+    with warnings_to_stderr(), Context.create(kw["device"]) as ctx:
+        extractor = build_extractor(features_name, ctx.device, weights_path)
+        result = sample_and_score(request, kw["out_dir"], ref, extractor, options, score, ctx, csv=csv_path,
+                                  json_out=json_out, label=label)
+        if not ctx.is_main:
             return
         if result.skipped:
             click.echo(f"run_id {result.row['run_id']} is already in {csv_path}; nothing to do")
@@ -161,35 +159,34 @@ def sweep_command(scales, respacings, sweep_dir, csv_path, ref, features_name, w
           --num-samples 10000 --ref imagenet64 --out runs/steps64 --csv results.csv
       evalkit report results.csv --baseline biggan-deep --out reports/sweep256
     """
+    from evalkit.context import Context
     from evalkit.evaluate import build_extractor
     from evalkit.refbatches import resolve_batch
-    from evalkit.sweep import check_out_dir, done_run_ids, parse_respacings, parse_scales, plan_sweep, run_sweep
+    from evalkit.sweep import SweepPlan, check_sweep_dir, done_run_ids, parse_respacings, parse_scales, run_sweep
 
     # Everything that can be refused is checked before any sampling.
     scale_list = parse_scales(scales)
     respacing_list = parse_respacings(respacings)
     if respacing_list and kw["timestep_respacing"] is not None:
         raise ConfigError("give --timestep-respacing (one respacing) or --respacings (a list), not both")
-    check_out_dir(sweep_dir)
+    check_sweep_dir(sweep_dir)
     resolve_batch(ref)
     done_run_ids(csv_path)
     if kw["classifier"] is None and any(scale_list):
         raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
                           f"without one only --scales 0 (unguided) can be swept")
-    base = _config(kw, max(scale_list) if kw["classifier"] else None)
-    plan = plan_sweep(base, scale_list, respacing_list or None)
+    plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list, respacing_list or None)
+    options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
     if kw["dry_run"]:
-        dev = resolve_device(kw["device"])
-        click.echo(json.dumps({"settings": {name: cfg.for_device(dev).to_dict() for name, cfg in plan},
+        dev = dry_run_device(kw["device"])
+        click.echo(json.dumps({"settings": {name: r.for_device(dev).to_dict() for name, r in plan.settings()},
                                "out": sweep_dir, "csv": csv_path, "ref": ref,
-                               "features": features_name or "inception", "batch_size": kw["batch_size"],
+                               "features": features_name or "inception", "batch_size": options.batch_size,
                                "device": str(dev)}, indent=2, default=str))
         return
-    with warnings_to_stderr(), distributed(kw["device"]) as dev:
-        extractor = build_extractor(features_name, dev, weights_path)
-        table = run_sweep(base, scale_list, respacing_list or None, ref, sweep_dir, csv_path, extractor, dev,
-                          label=label, batch_size=kw["batch_size"], feature_batch_size=feature_batch_size,
-                          progress=not kw["quiet"], keep_shards=kw["keep_shards"], exact_fid=exact_fid)
-        if is_main():
+    with warnings_to_stderr(), Context.create(kw["device"]) as ctx:
+        extractor = build_extractor(features_name, ctx.device, weights_path)
+        table = run_sweep(plan, ref, sweep_dir, csv_path, extractor, options, score, ctx, label=label)
+        if ctx.is_main:
             click.echo(f"{len(table)} rows of this sweep in {csv_path} (render them: evalkit report {csv_path} "
                        f"--out reports/NAME)")

@@ -1,9 +1,11 @@
 """The demo's trained digits models as preset data: a class-conditional ADM UNet and a noisy classifier
 for the bundled 8×8 digits, both built by the same ``UNetModel`` / ``EncoderUNetModel`` code and flag
-parser as the released guided-diffusion checkpoints (openai/guided-diffusion commit
-22e0df8183507e13a7813f8d38d51b072ca1e67c), with weights committed under ``evalkit/data/``.
+parser as the released guided-diffusion checkpoints (openai/guided-diffusion at
+``evalkit.REFERENCE_COMMIT``), with weights committed under ``evalkit/data/``.
 
-The two presets (``digits8_diffusion``, ``digits8_classifier``) are registered in ``evalkit.presets``. ``load_digits_model`` checks the bundled file's sha256 and loads it strictly.
+The two presets (``digits8_diffusion``, ``digits8_classifier``) are registered in ``evalkit.presets``.
+``load_digits_model`` checks the bundled file's sha256 and loads it strictly; ``digits_request`` is
+the guided sampling request the demo sweeps.
 Reproduce the weights with ``python scripts/train_digits.py all`` (about 10 minutes on 2 CPU cores).
 """
 
@@ -58,7 +60,8 @@ def load_digits_model(name: str | Preset, device: str | torch.device = "cpu"):
     the preset's ``create_diffusion`` settings with its default respacing).
     Raises WeightsError for a missing file or a sha256 mismatch, CheckpointError for wrong keys/shapes.
     """
-    from evalkit.checkpoints import load_checkpoint, sha256_file
+    from evalkit.checkpoints import load_checkpoint
+    from evalkit.hashing import sha256_file
 
     preset = name if isinstance(name, Preset) else _preset(name)
     path = bundled_weights_path(preset)
@@ -70,38 +73,21 @@ def load_digits_model(name: str | Preset, device: str | torch.device = "cpu"):
     return load_checkpoint(path, preset=preset, device=device)
 
 
-def sample_digits(unet: torch.nn.Module, diffusion, classifier: torch.nn.Module | None, guidance_scale: float,
-                  num_samples: int, seed: int = 0, batch_size: int = 500, start: int = 0,
-                  progress=None):
-    """Class-conditional ancestral samples of the digits UNet, optionally classifier-guided.
+def digits_request(guidance_scale: float, num_samples: int, seed: int = 0, *, timestep_respacing: str | None = None,
+                   compute_chunk: int | None = None, weights_dir: str | Path | None = None):
+    """The `evalkit.sampling.request.SampleRequest` of the digits UNet guided by the digits classifier.
 
-    Sample i (``start <= i < start + num_samples``) draws its label (uniform over the 10 classes),
-    x_T and per-step noise from ``runtime.sample_generator(seed, i)`` (``evalkit.generate.SampleNoise``
-    order), so images do not depend on ``batch_size``. ``diffusion``: the respaced process
-    (``create_diffusion(**loaded.diffusion)``); the same label guides the classifier.
-    Returns (uint8 images [N, 8, 8, 3], int64 labels [N]) as numpy arrays.
-    ``progress(n_done)`` is called after each batch.
+    Sample i draws its label (uniform over the 10 classes), x_T and step noise from the generator
+    (seed, i); scale 0 samples the UNet alone (no classifier, the labels still drawn). Sample it with
+    `evalkit.sampling.run.run_sampling`, or around loaded networks with `evalkit.sampling.adm.adm_batches`.
+    ``weights_dir``: folder with the two ``.pt`` files instead of the bundled ones.
     """
-    import numpy as np
+    from evalkit.sampling.defaults import COMPUTE_CHUNK
+    from evalkit.sampling.request import SampleArgs, make_request
 
-    from evalkit.diffusion import adm_denoiser, to_uint8
-    from evalkit.generate import SampleNoise
-    from evalkit.guidance import classifier_guidance
-    from evalkit.samplers import sample
-
-    device = next(unet.parameters()).device
-    images, labels = [], []
-    for s in range(start, start + num_samples, batch_size):
-        idx = range(s, min(s + batch_size, start + num_samples))
-        noise = SampleNoise(seed, idx, device)
-        y = noise.labels(None, 10)
-        x_T = noise.randn((3, 8, 8))
-        denoiser = adm_denoiser(unet, diffusion, clip_denoised=True, model_kwargs={"y": y})
-        if guidance_scale:
-            denoiser = classifier_guidance(denoiser, diffusion, classifier, guidance_scale, y)
-        x0 = sample(denoiser, diffusion, x_T, "ancestral", noise=noise.step_noise)
-        images.append(to_uint8(x0))
-        labels.append(y.cpu().numpy())
-        if progress is not None:
-            progress(idx.stop - start)
-    return np.concatenate(images), np.concatenate(labels)
+    unet, clf = DIGITS_PRESETS
+    paths = [bundled_weights_path(p) if weights_dir is None else Path(weights_dir) / p.weights for p in (unet, clf)]
+    guided = dict(classifier=str(paths[1]), classifier_preset=clf.name, classifier_scale=float(guidance_scale))
+    return make_request(SampleArgs(checkpoint=str(paths[0]), preset=unet.name, num_samples=num_samples, seed=seed,
+                                   timestep_respacing=timestep_respacing,
+                                   compute_chunk=compute_chunk or COMPUTE_CHUNK, **(guided if guidance_scale else {})))

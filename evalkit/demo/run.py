@@ -1,7 +1,6 @@
 """`evalkit demo`: the whole mission offline on the bundled 8×8 digits, in minutes on a laptop CPU.
 
-The same code paths users run on ImageNet with the released checkpoints
-(openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c; Dhariwal & Nichol 2021):
+The same code paths users run on ImageNet with the released checkpoints (Dhariwal & Nichol 2021):
 
 1. reference batch: `evalkit.refbuild.build_reference` over the bundled digits (every image kept,
    statistics of the "digits" feature network), reused from the output folder when still current;
@@ -43,12 +42,13 @@ from tqdm import tqdm
 from evalkit import __version__
 from evalkit.atomic import atomic_path, atomic_write_text
 from evalkit.demo.data import NUM_CLASSES, NUM_IMAGES, digits_images
-from evalkit.demo.models import DIGITS_PRESETS, bundled_weights_path
+from evalkit.demo.models import DEFAULT_SCALES, DIGITS_PRESETS, digits_request
 from evalkit.errors import ConfigError, RunDirectoryError
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID, METRIC_KEYS
 from evalkit.refbuild import META_KEY, build_reference, decode_meta, subset_indices
-from evalkit.results import metric_label, read_results
-from evalkit.runtime import resolve_device
+from evalkit.context import Context
+from evalkit.options import RunOptions, ScoreOptions
+from evalkit.results import format_scale, metric_label, read_results
 from evalkit.store import NpzWriter, open_batch
 
 MARKER = "demo.json"          # marks a folder written by `evalkit demo` (it may be replaced by the next run)
@@ -63,7 +63,6 @@ FEATURES = "digits"           # the demo's feature network (evalkit.features.dig
 REFERENCE_SUBSET = NUM_IMAGES  # every bundled digit is kept for precision/recall
 REFERENCE_SEED = 0
 DEFAULT_NUM_SAMPLES = 500     # samples per guidance scale (fewer make the precision rise unreliable)
-DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # guidance scales of the sweep (the paper's range, scaled)
 COMPUTE_CHUNK = 100           # samples per network call (images are identical for any --batch-size)
 QUICK_NUM_SAMPLES = 200       # --quick (CI): IS and recall move robustly; precision at the fixed seed 0
 QUICK_SCALES = (0.0, 8.0)     # --quick: the two ends of the sweep only
@@ -181,7 +180,7 @@ def samples_figure(stores: Sequence[tuple[float, Path]], per_class: int = SAMPLE
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    from evalkit.plots import FIGURE_WIDTH_IN, STYLE, format_scale, image_mosaic
+    from evalkit.plots import FIGURE_WIDTH_IN, STYLE, image_mosaic
 
     rows = []
     for _, path in stores:
@@ -300,25 +299,25 @@ def _readme(rows: pd.DataFrame, checks: dict[str, bool], settings: dict, seconds
 
 
 def run_demo(out: str | Path = "reports/demo", num_samples: int | None = None,
-             scales: Sequence[float] | str | None = None, device: str | torch.device | None = "cpu",
-             quick: bool = False, *, seed: int = DEFAULT_SEED, batch_size: int = 100, progress: bool = True,
-             weights_dir: str | Path | None = None, command: str | None = None,
-             log: Log | None = None) -> DemoResult:
+             scales: Sequence[float] | str | None = None, quick: bool = False, *, seed: int = DEFAULT_SEED,
+             batch_size: int = 100, progress: bool = True, weights_dir: str | Path | None = None,
+             command: str | None = None, log: Log | None = None, ctx: Context | None = None) -> DemoResult:
     """Run the whole digits demo into `out` (see the module doc) and return what was written.
 
     num_samples: samples per guidance scale (default 500; 200 with `quick`); scales: guidance
-    scales (default 0, 1, 2, 4, 8; 0 and 8 with `quick`); seed: seed of the per-sample generators
-    (sample i uses ``runtime.sample_generator(seed, i)``); batch_size:
-    samples per sampling batch (does not change the images); weights_dir: folder with
-    ``digits8_diffusion.pt`` / ``digits8_classifier.pt`` instead of the bundled ones; command: the
-    command line recorded in the READMEs. Raises ConfigError for bad scales / sample counts and
-    RunDirectoryError when `out` holds files that are not an earlier demo, before writing anything.
+    scales (default 0, 0.5, 1, 2, 4, 8; 0 and 8 with `quick`); seed: seed of the per-sample
+    generators (sample i uses the generator (seed, i)); batch_size: samples per sampling batch
+    (does not change the images); weights_dir: folder with ``digits8_diffusion.pt`` /
+    ``digits8_classifier.pt`` instead of the bundled ones; command: the command line recorded in
+    the READMEs; ctx: where to compute (default: one process on the CPU). Raises ConfigError for
+    bad scales / sample counts and RunDirectoryError when `out` holds files that are not an
+    earlier demo, before writing anything.
     """
     from evalkit.evaluate import build_extractor
-    from evalkit.generate import make_sampling_config
     from evalkit.report import build_report
-    from evalkit.sweep import parse_scales, run_sweep, setting_dirname
+    from evalkit.sweep import SweepPlan, parse_scales, run_sweep, setting_dirname
 
+    ctx = ctx or Context.local()
     log = log or _log
     start = time.perf_counter()
     scales = parse_scales(scales if scales is not None else (QUICK_SCALES if quick else DEFAULT_SCALES))
@@ -330,16 +329,10 @@ def run_demo(out: str | Path = "reports/demo", num_samples: int | None = None,
         raise ConfigError(f"--num-samples {num_samples}: expected at least {MIN_SAMPLES} samples per scale "
                           f"(precision/recall use 3 nearest neighbours)")
     num_samples = int(num_samples)
-    device = resolve_device(device)
+    device = ctx.device
     out = check_demo_dir(out)
     diffusion_preset, classifier_preset = DIGITS_PRESETS
-    if weights_dir is None:
-        unet_path, clf_path = bundled_weights_path(diffusion_preset), bundled_weights_path(classifier_preset)
-    else:
-        unet_path, clf_path = Path(weights_dir) / diffusion_preset.weights, Path(weights_dir) / classifier_preset.weights
-    base = make_sampling_config(checkpoint=str(unet_path), preset=diffusion_preset.name, num_samples=num_samples,
-                                seed=seed, classifier=str(clf_path), classifier_preset=classifier_preset.name,
-                                classifier_scale=max(scales), compute_chunk=COMPUTE_CHUNK)
+    base = digits_request(max(scales), num_samples, seed, compute_chunk=COMPUTE_CHUNK, weights_dir=weights_dir)
     command = command or "evalkit demo" + (" --quick" if quick else "")
 
     # A fresh sweep every time: the folder matches the command that made it.
@@ -356,8 +349,9 @@ def run_demo(out: str | Path = "reports/demo", num_samples: int | None = None,
     # 2. Sweep: sample + score every scale, one CSV row each.
     log(f"demo: {len(scales)} guidance scales x {num_samples} samples, {base.sampler} sampling over "
         f"{base.timestep_respacing} steps on {device}")
-    rows = run_sweep(base, scales, None, reference, runs, csv, extractor=extractor, device=device, label=LABEL,
-                     batch_size=min(batch_size, num_samples), feature_batch_size=500, progress=progress, log=log)
+    rows = run_sweep(SweepPlan.of(base, scales), reference, runs, csv, extractor,
+                     RunOptions(batch_size=min(batch_size, num_samples), progress=progress),
+                     ScoreOptions(batch_size=500, progress=progress), ctx, label=LABEL, log=log)
 
     # 3. Report, samples figure, README.
     log("demo: rendering the report")

@@ -81,7 +81,7 @@ def train_feature_net(epochs: int = 60, batch_size: int = 64, lr: float = 2e-3, 
 # The demo's class-conditional ADM UNet and noisy classifier (issue 7 item 2).
 #
 # Training objective of Nichol & Dhariwal 2021 ("Improved DDPM", §3.1, the "hybrid" loss) as used by
-# openai/guided-diffusion (commit 22e0df8183507e13a7813f8d38d51b072ca1e67c) for learn_sigma models:
+# openai/guided-diffusion (at evalkit.REFERENCE_COMMIT) for learn_sigma models:
 # L = ||eps - eps_theta||^2 (mean over pixels) + L_vlb(t), where L_vlb(t) is, in bits per dimension,
 # KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t > 0 and the discretised-Gaussian decoder NLL
 # -log p_theta(x_0|x_1) for t = 0, with the model's mean stop-gradded so that L_vlb only trains the
