@@ -168,9 +168,12 @@ def section_batch(opt, device) -> bool:
     import torch
 
     from evalkit.diffusion import adm_denoiser, create_diffusion
-    from evalkit.generate import FixedChunk, ModelSpec, SampleNoise, SamplingConfig, batch_fn_for
     from evalkit.presets import get_preset
     from evalkit.samplers import sample
+    from evalkit.sampling.adm import adm_batches
+    from evalkit.sampling.chunk import FixedChunk
+    from evalkit.sampling.noise import SampleNoise
+    from evalkit.sampling.request import ModelSpec, SampleRequest
 
     flags = TINY_FLAGS if opt.cpu_smoke else get_preset("64x64_diffusion").readme_flags
     n, chunk, steps = (3, 2, "ddim3") if opt.cpu_smoke else (12, 8, "ddim10")
@@ -181,15 +184,15 @@ def section_batch(opt, device) -> bool:
             model.convert_to_fp16()
         size = parsed.net["image_size"]
         spec = ModelSpec(kind="diffusion", checkpoint="<random>", checkpoint_sha256="0" * 64, image_size=size,
-                         class_cond=True, flags=flags, num_classes=1000)
-        config = SamplingConfig(model=spec, num_samples=n, seed=3, sampler="ddim", timestep_respacing=steps,
-                                use_fp16=half, compute_chunk=chunk)
+                         class_cond=True, resolved_flags=dict(parsed.net), flags=flags, num_classes=1000)
+        config = SampleRequest(model=spec, num_samples=n, seed=3, sampler="ddim", timestep_respacing=steps,
+                               use_fp16=half, compute_chunk=chunk)
         settings = parsed.diffusion_settings()
-        fn = batch_fn_for(config, device, model, settings)
+        fn = adm_batches(config, device, model, settings)
         diffusion = create_diffusion(**{**settings, "timestep_respacing": config.timestep_respacing})
         net = FixedChunk(model, chunk)
 
-        def floats(indices: range) -> torch.Tensor:  # batch_fn_for's pipeline, stopped before to_uint8
+        def floats(indices: range) -> torch.Tensor:  # adm_batches' pipeline, stopped before samples_to_uint8
             rng = SampleNoise(config.seed, indices, device)
             y = rng.labels(config.classes, config.num_classes)
             den = adm_denoiser(net, diffusion, clip_denoised=True, model_kwargs={"y": y})
