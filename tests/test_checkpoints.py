@@ -31,6 +31,7 @@ def _forward(model, name="unet_cond_forward"):
         return model(torch.from_numpy(a["x"]), torch.from_numpy(a["timesteps"]), torch.from_numpy(a["y"])), a["out"]
 
 
+@pytest.mark.parity  # forward vs the reference's output: tolerance of test_models_parity
 def test_npz_with_flags_loads_strictly_and_matches_reference():
     path = FIXTURES / "weights_unet_cond.npz"
     loaded = load_checkpoint(path, flags=COND_FLAGS)
@@ -41,6 +42,7 @@ def test_npz_with_flags_loads_strictly_and_matches_reference():
     assert float((out - torch.from_numpy(ref)).abs().max()) <= 1e-5
 
 
+@pytest.mark.parity  # forward vs the reference's output: tolerance of test_models_parity
 def test_pt_and_flag_string(cond_pt):
     flags = " ".join(f"--{k} {v}" for k, v in COND_FLAGS.items())
     loaded = load_checkpoint(cond_pt, flags=flags, use_fp16=False)

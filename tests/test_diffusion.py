@@ -104,6 +104,9 @@ def test_diffusion_schedules_fixture():
             if attr == "timestep_map":
                 np.testing.assert_array_equal(got, want)
             else:
+                # float64 tables: numpy's log/exp/cos/sqrt may differ by a few ulps between CPUs (SIMD
+                # variants), and alphas_cumprod is a product over up to 1000 steps: <= ~1000 * 2 eps ~ 2e-13
+                # relative. (Bit-identical on the fixtures' CPU and here.) Wrong respacing is off by > 1e-3.
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"{case['prefix']}{attr}")
 
 

@@ -110,6 +110,7 @@ def test_channel_mult_and_image_size_rules():
     assert constructor_kwargs(parse_flags("--large_size 512", "upsampler"))["channel_mult"] == (1, 1, 2, 2, 4, 4)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("fixture,flags,kind,cls", [
     ("unet_cond_forward", UNET_COND_FLAGS, "diffusion", UNetModel),
     ("unet_cond_neworder_forward", UNET_NEWORDER_FLAGS, "diffusion", UNetModel),

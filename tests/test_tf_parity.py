@@ -3,7 +3,10 @@
 The GraphDef is a random-weight mimic of `classify_image_graph_def.pb` (tests/tf_graph_builder.py), weights
 scaled per evaluator spec §12 so that features differ across images and a wrong preprocessing step shows.
 Chain under test: GraphDef --(evalkit's own protobuf reader)--> torch extractor, versus TensorFlow importing
-the same bytes with input_map ExpandDims:0 (evalkit.features.tf_backend). Tolerance: 1e-4 max abs.
+the same bytes with input_map ExpandDims:0 (evalkit.features.tf_backend). Tolerance: 1e-4 max abs (float32
+conv accumulation order of TF's and torch's kernels; TF's own oneDNN on/off noise is ~1e-6).
+The graph is built from evalkit's own `inception_layout` table, so this checks the protobuf reader, the
+resize and the TF backend, not the layout: test_inception_oracle.py holds the independent ground truth.
 """
 
 from __future__ import annotations

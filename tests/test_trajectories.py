@@ -2,10 +2,24 @@
 
 Every ``sample_*`` fixture is replayed with its recorded noise (``noise[0]`` = x_T, ``noise[k]`` the
 tensor drawn inside step k). The model-free test feeds the recorded raw model outputs through a fake
-model; the model tests load the fixture weights into evalkit's UNet and classifier. Tolerances: final
-sample <= 1e-4 max abs, per-step samples and classifier gradients <= 1e-4, per-step x_0 predictions
-<= max(1e-4, 1e-5 * sqrt(1/abar_t - 1)) (x_0 amplifies model-output error); uint8 images identical.
-With the same torch ops on CPU all of these are reproduced bit for bit.
+model; the model tests load the fixture weights into evalkit's UNet and classifier.
+
+What is exact on every machine, and asserted bit for bit: the respaced steps, the int64 timesteps the
+networks receive, the order of the noise draws, and the first x_0 prediction of the model-free replay
+(only IEEE-correctly-rounded multiply, subtract and clamp of fixture values).
+What is not: torch's float32 exp (SLEEF/libm variants differ by an ulp between CPUs) and conv/GEMM kernels
+(accumulation order differs between CPUs and thread counts). On the CPU that made the fixtures the replay
+was bit-exact; on others it is not (measured: 93 of 6144 final values of the model-free replay differ by
+<= 3.6e-7 on an Intel Xeon, model forwards by <= 2.4e-6). Tolerances from those sources:
+
+* model-free replay: REPLAY_ATOL = 2^-15 ~ 3e-5: 10 steps, each adding <= ~4 float32 ulps at |x| <= 4
+  (ulp 4.8e-7: exp <= 1 ulp plus the 3 roundings of mean and sample), propagated by posterior-mean
+  coefficients <= 1;
+* with models: ATOL = 1e-4 on samples (the forward tolerance 1e-5 of test_models_parity amplified over
+  10 steps), x_0 <= max(1e-4, 1e-5 * sqrt(1/abar_t - 1)) (x_0 amplifies eps errors by sqrt(1/abar - 1)),
+  classifier gradients <= max(1e-4, 2e-5 * guidance scale);
+* uint8: the truncating cast can differ only where the float value is within the float tolerance of an
+  integer boundary of (x + 1) * 127.5; there it may differ by 1, everywhere else it must be equal.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from evalkit.samplers import sample
 pytestmark = pytest.mark.parity
 
 ATOL = 1e-4  # samples (per step and final), classifier gradients
+REPLAY_ATOL = 2.0 ** -15  # model-free replay (see module docstring)
 FORWARD_ATOL = 1e-5  # the network forward-parity tolerance (issue 4), used to scale the x_0 tolerance
 
 TRAJECTORIES = [
@@ -133,9 +148,22 @@ def check_trajectory(name: str, meta: dict, arrays: dict, model, classifier=None
         assert_close(pred_xstart, arrays["step_pred_xstart"][k], f"{name} step {k} pred_xstart", x0_atol)
         assert_close(step.sample, arrays["step_sample"][k], f"{name} step {k} sample")
         if "step_cond_grad" in arrays:
-            assert_close(step.prediction.cond_grad, arrays["step_cond_grad"][k], f"{name} step {k} cond_grad")
+            # scale * gradient: the gradient's forward tolerance plus as much again from the x_t it is
+            # evaluated at, times the guidance scale (10 for the unconditional fixture).
+            grad_atol = max(ATOL, 2 * FORWARD_ATOL * meta["classifier_scale"])
+            assert_close(step.prediction.cond_grad, arrays["step_cond_grad"][k], f"{name} step {k} cond_grad",
+                         grad_atol)
     assert_close(x0, arrays["sample"], f"{name} final sample")
-    np.testing.assert_array_equal(samples_to_uint8(x0), arrays["sample_uint8_nhwc"])
+    assert_uint8_close(samples_to_uint8(x0), arrays["sample"], arrays["sample_uint8_nhwc"], ATOL)
+
+
+def assert_uint8_close(got: np.ndarray, ref_float: np.ndarray, ref_uint8: np.ndarray, atol: float) -> None:
+    """uint8 equal except, by at most 1, where the reference float sample is within ``atol`` of a boundary."""
+    scaled = np.clip((ref_float.astype(np.float64) + 1) * 127.5, 0, 255).transpose(0, 2, 3, 1)
+    near = np.abs(scaled - np.round(scaled)) <= 127.5 * atol
+    diff = np.abs(got.astype(np.int16) - ref_uint8.astype(np.int16))
+    assert got.shape == ref_uint8.shape and got.dtype == np.uint8
+    assert diff.max() <= 1 and not (diff[~near] > 0).any(), f"uint8 differs away from boundaries: {diff.sum()}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,15 +187,33 @@ def test_linear_p10_replayed_model_outputs():
     assert len(y_seen) == 10 and all(v.tolist() == [7, 420] for v in y_seen)
 
 
-def test_replay_is_bit_exact():
-    """Same torch ops on CPU reproduce the reference trajectory exactly (not just within 1e-4)."""
+def test_replay_exact_where_ieee_and_within_float_bound_elsewhere():
+    """The model-free replay: the first x_0 prediction is bit-exact (only correctly rounded ops on fixture
+    values), every step within REPLAY_ATOL (30x below ATOL), uint8 equal away from rounding boundaries.
+
+    Catches an x_0 formula with another operation order, e.g. (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+    (27 of 6144 values not bit-exact; checked), and any formula error moving a step by more than 3e-5.
+    Not caught, by design: sqrt(variance) instead of exp(0.5 log variance), a 1-ulp difference of the
+    same size as the CPU-dependent exp rounding this tolerance admits.
+    """
     meta, arrays = load_fixture("sample_linear_p10")
     outputs = iter(torch.from_numpy(arrays["step_model_out"]))
     diffusion = diffusion_of(meta)
-    denoiser = adm_denoiser(lambda x, t, y: next(outputs).clone(), diffusion, model_kwargs={"y": None})
+    base = adm_denoiser(lambda x, t, y: next(outputs).clone(), diffusion, model_kwargs={"y": None})
+    preds = []
+
+    def denoiser(x_t, j):
+        preds.append(base(x_t, j))
+        return preds[-1]
+
     x_T, source, _ = replay_noise(arrays)
-    x0 = sample(denoiser, diffusion, x_T, noise=source)
-    np.testing.assert_array_equal(x0.numpy(), arrays["sample"])
+    steps = []
+    x0 = sample(denoiser, diffusion, x_T, noise=source, callback=steps.append)
+    np.testing.assert_array_equal(preds[0].pred_xstart.numpy(), arrays["step_pred_xstart"][0])
+    for k, step in enumerate(steps):
+        assert_close(step.sample, arrays["step_sample"][k], f"replay step {k} sample", REPLAY_ATOL)
+    assert_close(x0, arrays["sample"], "replay final sample", REPLAY_ATOL)
+    assert_uint8_close(to_uint8(x0), arrays["sample"], arrays["sample_uint8_nhwc"], REPLAY_ATOL)
 
 
 def test_respaced_timesteps_to_model_would_break_replay():
