@@ -213,7 +213,7 @@ def test_replay_exact_where_ieee_and_within_float_bound_elsewhere():
     for k, step in enumerate(steps):
         assert_close(step.sample, arrays["step_sample"][k], f"replay step {k} sample", REPLAY_ATOL)
     assert_close(x0, arrays["sample"], "replay final sample", REPLAY_ATOL)
-    assert_uint8_close(to_uint8(x0), arrays["sample"], arrays["sample_uint8_nhwc"], REPLAY_ATOL)
+    assert_uint8_close(samples_to_uint8(x0), arrays["sample"], arrays["sample_uint8_nhwc"], REPLAY_ATOL)
 
 
 def test_respaced_timesteps_to_model_would_break_replay():
