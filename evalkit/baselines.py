@@ -19,7 +19,6 @@ the results schema (`evalkit.results`) for the columns they share; resolution is
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterable
 import pandas as pd
 
 from evalkit.errors import InputError
+from evalkit.hashing import sha256_bytes
 from evalkit.results import (
     COLUMNS,
     METRIC_COLUMNS,
@@ -155,5 +155,5 @@ def as_results(baselines: pd.DataFrame) -> pd.DataFrame:
     out = baselines[list(COLUMNS)].copy()
     keys = (baselines["source"].astype(str) + "|" + baselines["table_or_figure"].astype(str) + "|"
             + baselines["model"].astype(str) + "|" + baselines["guidance_scale"].astype(str))
-    out["run_id"] = ["paper-" + hashlib.sha256(k.encode()).hexdigest()[:12] for k in keys]
+    out["run_id"] = ["paper-" + sha256_bytes(k.encode())[:12] for k in keys]
     return validate_table(out, where="published rows")

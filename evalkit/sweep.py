@@ -48,14 +48,16 @@ from tqdm import tqdm
 
 from evalkit import runstore
 from evalkit.atomic import atomic_write_text
+from evalkit.context import Context
 from evalkit.errors import ConfigError, EvalkitError, InputError, RunDirectoryError
 from evalkit.evaluate import build_extractor, evaluate
 from evalkit.generate import SamplingConfig, run_sampling
 from evalkit.metrics import METRIC_KEYS
+from evalkit.options import ScoreOptions
 from evalkit.presets import get_preset
 from evalkit.refbatches import resolve_batch
 from evalkit.results import append_row, make_run_id, read_results
-from evalkit.runtime import barrier, init_distributed, is_main, resolve_device, world_size
+from evalkit.runtime import barrier, init_distributed, is_main, rank, resolve_device, world_size
 from evalkit.store import open_batch
 
 METRICS_JSON = "metrics.json"  # per-setting record: row, metrics, provenance, sampling config
@@ -336,8 +338,9 @@ def score_setting(config: SamplingConfig, run_dir: str | os.PathLike, reference:
     run_dir = Path(run_dir)
     start = time.perf_counter()
     run = run_sampling(config, run_dir, device, batch_size=batch_size, progress=progress, keep_shards=keep_shards)
-    metrics = evaluate(run.npz_path, reference.reader, extractor, batch_size=feature_batch_size, device=device,
-                       cache=True, progress=progress, exact_fid=exact_fid)
+    metrics = evaluate(run.npz_path, reference.reader, extractor,
+                       ScoreOptions(feature_batch_size, progress=progress, exact_fid=exact_fid),
+                       Context(device=device, rank=rank(), world_size=world_size()))
     seconds = time.perf_counter() - start
     if not is_main():
         barrier()

@@ -46,6 +46,7 @@ from evalkit.demo.data import NUM_CLASSES, NUM_IMAGES, digits_images
 from evalkit.demo.models import DIGITS_PRESETS, bundled_weights_path
 from evalkit.errors import ConfigError, RunDirectoryError
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID, METRIC_KEYS
+from evalkit.options import ScoreOptions
 from evalkit.refbuild import META_KEY, build_reference, decode_meta, subset_indices
 from evalkit.results import metric_label, read_results
 from evalkit.runtime import resolve_device
@@ -149,7 +150,7 @@ def ensure_reference(path: Path, extractor, progress: bool = True, log: Log = _l
         with NpzWriter(source) as writer:
             writer.append(images, labels)
         build_reference(source, path, extractor=extractor, subset=REFERENCE_SUBSET, seed=REFERENCE_SEED,
-                        batch_size=512, progress=progress)
+                        options=ScoreOptions(batch_size=512, cache=False, progress=progress))
     return path
 
 
