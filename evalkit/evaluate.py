@@ -64,7 +64,7 @@ def _warn_ill_conditioned(n: int, dims: dict[str, int], what: str) -> None:
 
 
 def _check_inputs(sample_reader, ref_reader) -> None:
-    """Bad input first, before any expensive work: too few images, mismatched resolutions (a warning)."""
+    """Too few images (an error), mismatched resolutions (a warning)."""
     for reader, what in ((sample_reader, "sample batch"), (ref_reader, "reference batch")):
         if reader.num_images < MIN_IMAGES:
             raise BatchFormatError(f"{what} {source_name(reader)} holds {reader.num_images} image(s); at least "
@@ -107,10 +107,11 @@ def evaluate(sample, ref, extractor=None, options: ScoreOptions = ScoreOptions()
     sample_reader, ref_reader = open_reader(sample), open_reader(ref)
     dims = dict(extractor.feature_dims)
 
-    _check_inputs(sample_reader, ref_reader)
+    # Bad input first, before any expensive work: untrusted statistics without images, then too few images.
     ref_stored = choose(ref_reader, extractor, "reference", source_name(ref_reader))
     sample_stored = choose(sample_reader, extractor, "sample", source_name(sample_reader),
                            use=options.use_sample_stats, strict_shapes=True)
+    _check_inputs(sample_reader, ref_reader)
     for reader, stored, what in ((sample_reader, sample_stored, "sample"), (ref_reader, ref_stored, "reference")):
         if stored.arrays is None:
             _warn_ill_conditioned(reader.num_images, dims, f"{what} batch {source_name(reader)}")
