@@ -5,7 +5,7 @@ The packaged file `evalkit/data/baselines.csv` holds the rows of Dhariwal & Nich
 reports use — the main comparison (arXiv Table 5 / NeurIPS Table 4, every model), the
 classifier-guidance ablation at 256x256 (arXiv Table 4 / NeurIPS Table 3), guidance vs upsampling
 (arXiv Table 6 / NeurIPS Table 5) — plus the full-precision evaluator output printed in
-openai/guided-diffusion `evaluations/README.md` (commit 22e0df8183507e13a7813f8d38d51b072ca1e67c),
+openai/guided-diffusion `evaluations/README.md` (at `evalkit.REFERENCE_COMMIT`),
 and two rows that record figures whose per-point values were never published (their metric cells
 are empty). The ADM paper prints no Inception Score for BigGAN-deep; the 256 and 512 BigGAN-deep
 rows take theirs from DiT (Peebles & Xie 2023, Tables 2-3) and say so in `source`.
