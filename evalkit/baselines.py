@@ -5,7 +5,7 @@ The packaged file `evalkit/data/baselines.csv` holds the rows of Dhariwal & Nich
 reports use — the main comparison (arXiv Table 5 / NeurIPS Table 4, every model), the
 classifier-guidance ablation at 256x256 (arXiv Table 4 / NeurIPS Table 3), guidance vs upsampling
 (arXiv Table 6 / NeurIPS Table 5) — plus the full-precision evaluator output printed in
-openai/guided-diffusion `evaluations/README.md` (commit 22e0df8183507e13a7813f8d38d51b072ca1e67c),
+openai/guided-diffusion `evaluations/README.md` (at `evalkit.REFERENCE_COMMIT`),
 and two rows that record figures whose per-point values were never published (their metric cells
 are empty). The ADM paper prints no Inception Score for BigGAN-deep; the 256 and 512 BigGAN-deep
 rows take theirs from DiT (Peebles & Xie 2023, Tables 2-3) and say so in `source`.
@@ -19,7 +19,6 @@ the results schema (`evalkit.results`) for the columns they share; resolution is
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterable
 import pandas as pd
 
 from evalkit.errors import InputError
+from evalkit.hashing import sha256_bytes
 from evalkit.results import (
     COLUMNS,
     METRIC_COLUMNS,
@@ -157,5 +157,5 @@ def as_results(baselines: pd.DataFrame) -> pd.DataFrame:
     out["truncation"] = pd.to_numeric(baselines["truncation"], errors="coerce")
     keys = (baselines["source"].astype(str) + "|" + baselines["table_or_figure"].astype(str) + "|"
             + baselines["model"].astype(str) + "|" + baselines["guidance_scale"].astype(str))
-    out["run_id"] = ["paper-" + hashlib.sha256(k.encode()).hexdigest()[:12] for k in keys]
+    out["run_id"] = ["paper-" + sha256_bytes(k.encode())[:12] for k in keys]
     return validate_table(out, where="published rows")

@@ -14,7 +14,6 @@ The same HDF5 layout is what ``evalkit features BATCH --out FILE.h5`` writes.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import warnings
@@ -28,6 +27,7 @@ from evalkit.atomic import atomic_path
 from evalkit.errors import FeatureError
 from evalkit.features.registry import FEATURE_NAMES
 from evalkit.locks import FileLock, cache_lock_path, note_waiting, try_acquire
+from evalkit.hashing import sha256_bytes
 from evalkit.weights import cache_dir
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ def key_json(key: dict) -> str:
 
 def cache_path(key: dict) -> Path:
     """Where the features for `key` live: ``features_dir()/<sha256(key_json)>.h5``."""
-    return features_dir() / f"{hashlib.sha256(key_json(key).encode()).hexdigest()}.h5"
+    return features_dir() / f"{sha256_bytes(key_json(key).encode())}.h5"
 
 
 def write_features(path: str | os.PathLike, features: dict[str, np.ndarray], attrs: dict | None = None) -> None:

@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 
 from evalkit.errors import InputError
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL
-from evalkit.results import DEFAULT_FEATURES, metric_label
+from evalkit.metrics.keys import metric_label
+from evalkit.results import DEFAULT_FEATURES
 from evalkit.store import open_batch
 
 FIGURE_WIDTH_IN = 3.25          # one column of a two-column paper

@@ -1,46 +1,40 @@
 """Build a reference batch from any image source, in the layout of OpenAI's published reference batches.
 
-The ADM evaluator (openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-``evaluations/evaluator.py``) reads a reference npz with ``arr_0`` (N×H×W×3 uint8 images, used for
-precision/recall) and, when present, the precomputed ``mu``/``sigma`` (pool features) and
-``mu_s``/``sigma_s`` (spatial features) that replace statistics computed from ``arr_0``. The published
-``VIRTUAL_*.npz`` files hold 10,000 images but statistics over the whole training set; `build_reference`
-writes the same thing for your data:
+The reference evaluator reads a reference npz with ``arr_0`` (N×H×W×3 uint8 images, used for
+precision/recall) and, when present, precomputed ``mu``/``sigma`` (pool features) and ``mu_s``/``sigma_s``
+(spatial features) that replace statistics of ``arr_0``. OpenAI's ``VIRTUAL_*.npz`` files hold 10,000
+images but statistics over the whole training set; `build_reference` writes the same for your data:
 
-* ``arr_0``: a seeded subset of the source images (the sorted first `subset` indices of a permutation
-  drawn by ``numpy.random.default_rng(seed)``), in source order, so the subset is deterministic;
+* ``arr_0``: a seeded subset of the source images (`subset_indices`), in source order;
 * ``arr_1``: the subset's labels, when the source has labels;
-* ``mu``/``sigma``/``mu_s``/``sigma_s``: ``evalkit.metrics.feature_statistics`` of the pool and spatial
-  features of ALL source images (float32 mean, float64 covariance, as the evaluator computes them);
-* ``evalkit_meta``: a uint8 array holding UTF-8 JSON (extractor identity, source name and sha256, subset,
-  seed, evalkit version), so the file loads with ``allow_pickle=False`` and readers that do not know
-  the key ignore it (``evalkit score`` and the reference evaluator do).
+* ``mu``/``sigma``/``mu_s``/``sigma_s``: ``feature_statistics`` of the features of ALL source images;
+* ``evalkit_meta``: how it was built, the feature network's identity included (`evalkit.store.meta`).
 
 The file is written atomically: on any error nothing is left at the output path.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from evalkit import __version__
 from evalkit.errors import BatchFormatError, ConfigError, InputError
-from evalkit.evaluate import MIN_IMAGES, build_extractor, compute_features
+from evalkit.context import Context
+from evalkit.extract import MIN_IMAGES, build_extractor, compute_features
 from evalkit.features import DEFAULT_EXTRACTOR, extractor_names
 from evalkit.metrics import feature_statistics
+from evalkit.metrics.precision_recall import NHOOD_SIZE
+from evalkit.options import ScoreOptions
 from evalkit.plugins import load_plugins
 from evalkit.store import STAT_KEYS, NpzWriter, open_batch
+from evalkit.store.meta import META_FORMAT, META_KEY, decode_meta, encode_meta, reference_meta  # noqa: F401
 
-META_KEY = "evalkit_meta"  # uint8 array of UTF-8 JSON describing how the reference was built
-META_FORMAT = "evalkit-reference/1"
 DEFAULT_SUBSET = 10_000  # images kept in arr_0, as in OpenAI's published reference batches
 
 
@@ -56,31 +50,6 @@ def subset_indices(num_images: int, subset: int, seed: int = 0) -> np.ndarray:
     return np.sort(order[:subset]).astype(np.int64)
 
 
-def encode_meta(meta: dict[str, Any]) -> np.ndarray:
-    """JSON-serialisable dict → uint8 [n] array of its UTF-8 JSON (sorted keys)."""
-    return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
-
-
-def decode_meta(array: np.ndarray) -> dict[str, Any]:
-    """Inverse of `encode_meta`; raises BatchFormatError for an array that is not UTF-8 JSON bytes."""
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or array.ndim != 1:
-        raise BatchFormatError(f"{META_KEY} has shape {array.shape} and dtype {array.dtype}; expected uint8 JSON bytes")
-    try:
-        return json.loads(array.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BatchFormatError(f"{META_KEY} is not UTF-8 JSON ({exc})") from exc
-
-
-def reference_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """How a reference npz was built (the ``evalkit_meta`` dict), or None for files without it
-    (e.g. OpenAI's published batches). Nothing is unpickled."""
-    with np.load(path, allow_pickle=False) as f:
-        if META_KEY not in f.files:
-            return None
-        return decode_meta(f[META_KEY])
-
-
 def _check_out(out: Path, source: Path) -> None:
     """`out` must be a new or existing ``.npz`` file path that is not the source itself."""
     if out.suffix.lower() != ".npz":
@@ -92,24 +61,23 @@ def _check_out(out: Path, source: Path) -> None:
 
 
 def build_reference(source: str | os.PathLike, out: str | os.PathLike, extractor: str | Any = DEFAULT_EXTRACTOR,
-                    subset: int | None = DEFAULT_SUBSET, seed: int = 0, batch_size: int = 64,
-                    device: str | torch.device | None = None, progress: bool = True,
-                    extractor_path: str | os.PathLike | None = None) -> Path:
+                    subset: int | None = DEFAULT_SUBSET, seed: int = 0, options: ScoreOptions = ScoreOptions(),
+                    ctx: Context | None = None, extractor_path: str | os.PathLike | None = None) -> Path:
     """Write a reference batch for `source` to `out` (see the module doc for the layout) and return `out`.
 
     source: image folder, npz (``arr_0`` images, optional ``arr_1`` labels) or HDF5 file (anything
     ``evalkit.store.open_batch`` reads). extractor: registered feature-network name (after
     ``$EVALKIT_PLUGINS``) or an extractor object. subset: images kept in ``arr_0`` (None: all of them);
-    seed: seed of the subset permutation; batch_size: images per feature-network call;
-    extractor_path: weights file for a named extractor instead of its default/cached one.
+    seed: seed of the subset permutation; options: feature batch size and progress (the cache is not
+    used); ctx: the process (one process); extractor_path: weights file for a named extractor.
 
     Raises (before anything is written) InputError for a bad ``--out`` or a source with fewer images
     than `subset`, ConfigError for an unknown feature network (listing the known ones),
     BatchFormatError for an empty/unreadable source or mixed resolutions (naming the files).
     """
     source, out = Path(source), Path(out)
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1; got {batch_size}")
+    ctx = ctx or Context.local(None)
+    batch_size, progress = options.batch_size, options.progress
     _check_out(out, source)
     # Unknown network names fail before the source is read.
     if isinstance(extractor, str):
@@ -121,7 +89,7 @@ def build_reference(source: str | os.PathLike, out: str | os.PathLike, extractor
         n = int(reader.num_images)
         if n < MIN_IMAGES:
             raise InputError(f"{source}: holds {n} image(s); a reference batch needs at least {MIN_IMAGES} "
-                             f"(covariances need 2, precision/recall the 3 nearest neighbours)")
+                             f"(covariances need 2, precision/recall the {NHOOD_SIZE} nearest neighbours)")
         if subset is None:
             subset = n
         if subset > n:
@@ -132,9 +100,9 @@ def build_reference(source: str | os.PathLike, out: str | os.PathLike, extractor
         keep = subset_indices(n, subset, seed)
 
         if isinstance(extractor, str):
-            extractor = build_extractor(extractor, device, None if extractor_path is None else str(extractor_path))
+            extractor = build_extractor(extractor, ctx, None if extractor_path is None else str(extractor_path))
         # Pass 1: features of every image → statistics exactly as the evaluator computes them.
-        feats = compute_features(reader, extractor, batch_size, cache=False, progress=progress,
+        feats = compute_features(reader, extractor, ScoreOptions(batch_size, cache=False, progress=progress), ctx,
                                  desc="reference features")
         stats = {}
         stats["mu"], stats["sigma"] = feature_statistics(feats["pool"])

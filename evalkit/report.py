@@ -16,7 +16,6 @@ into place: a failure leaves no partial report and an existing report untouched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,9 @@ from evalkit.baselines import (
     unpublished_figures,
 )
 from evalkit.errors import InputError, RunDirectoryError
+from evalkit.hashing import sha256_file
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID
+from evalkit.metrics.keys import is_inception, metric_label
 from evalkit.plots import (
     baseline_name,
     curve_names,
@@ -51,7 +52,7 @@ from evalkit.plots import (
     sample_grid,
     save_figure,
 )
-from evalkit.results import METRIC_COLUMNS, metric_label, read_results, umask, write_results
+from evalkit.results import METRIC_COLUMNS, read_results, umask, write_results
 
 MARKER_FILE = "report.json"
 FIGURE_FORMATS: tuple[str, ...] = ("pdf", "svg", "png")   # vector for papers, PNG for READMEs
@@ -200,15 +201,6 @@ def main_comparison_table(rows: pd.DataFrame) -> Table:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -406,7 +398,7 @@ def _readme(title, results, baselines, features, csv_path, csv_sha, plots, table
         lines.append(f"- `{name}.csv` (sha256 `{sha}`): the plotted rows in the evalkit results schema; "
                      f"`evalkit report {name}.csv --baseline biggan-deep --out DIR` redraws them.")
     lines.append(f"- Feature network: `{features}`"
-                 + (" (the ADM evaluator's Inception-2015 network)." if features == "inception"
+                 + (" (the ADM evaluator's Inception-2015 network)." if is_inception(features)
                     else f"; metrics are named {metric_label(KEY_FID, features)}, not FID, because they do not "
                          "use the Inception network."))
     lines += [*extra_readme, "", "## Figures", ""]

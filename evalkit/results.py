@@ -34,6 +34,7 @@ from evalkit.atomic import atomic_path
 from evalkit.errors import InputError
 from evalkit.locks import FileLock, sidecar
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL, KEY_SFID, METRIC_KEYS
+from evalkit.metrics.keys import metric_label  # noqa: F401  (re-exported: tables name metrics with it)
 
 # Metric columns in table order (the order plots and tables use).
 METRIC_COLUMNS: tuple[str, ...] = METRIC_KEYS
@@ -121,27 +122,6 @@ SAMPLERS: tuple[str, ...] = ("ancestral", "ddim")
 DEFAULT_FEATURES = "inception"
 
 PANDAS_DTYPES = {"string": "string", "float": "float64", "int": "Int64"}
-
-# Display names of the metrics when the ADM evaluator's Inception network made the features.
-_INCEPTION_LABELS = {KEY_IS: "IS", KEY_FID: "FID", KEY_SFID: "sFID", KEY_PRECISION: "Precision",
-                     KEY_RECALL: "Recall"}
-# Display names for any other feature network ("Fréchet distance", not "Inception" distance).
-_OTHER_LABELS = {KEY_IS: "IS", KEY_FID: "FD", KEY_SFID: "sFD", KEY_PRECISION: "Precision",
-                 KEY_RECALL: "Recall"}
-
-
-def metric_label(key: str, features: str | None = DEFAULT_FEATURES) -> str:
-    """Display name of metric column `key` for features from network `features`.
-
-    "FID"/"sFID"/"IS" only when `features` is the Inception network (or missing); otherwise the
-    name says which network, e.g. ``metric_label("fid", "digits") == "FD (digits features)"``.
-    """
-    if key not in _INCEPTION_LABELS:
-        raise InputError(f"unknown metric {key!r}; expected one of {', '.join(METRIC_COLUMNS)}")
-    if features is None or (isinstance(features, float) and math.isnan(features)) or features in ("", DEFAULT_FEATURES):
-        return _INCEPTION_LABELS[key]
-    return f"{_OTHER_LABELS[key]} ({features} features)"
-
 
 def empty_table() -> pd.DataFrame:
     """A results table with every column of COLUMNS, their dtypes, and no rows."""

@@ -1,14 +1,12 @@
 """Device resolution, TF32 control and per-sample random generators.
 
 `evalkit.context.Context` resolves the device once per command (``resolve_device``) and owns the
-process group; the rank helpers left here serve modules not yet moved to the context. No MPI, no
-global environment writes (``CUDA_VISIBLE_DEVICES`` is never touched).
+process group. No MPI, no global environment writes (``CUDA_VISIBLE_DEVICES`` is never touched).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 from typing import Iterator
 
@@ -61,55 +59,9 @@ def no_tf32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = old_cudnn
 
 
-# ---------------------------------------------------------------------------------------------
-# Distributed (torchrun). Rank/world size come from the environment torchrun sets.
-
-def rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def local_rank() -> int:
+    """This process's GPU index on its node (torchrun's LOCAL_RANK; 0 in a single process)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def init_distributed(device: torch.device) -> None:
-    """Initialise the process group when launched by torchrun with several processes; else no-op."""
-    if not launched_by_torchrun() or torch.distributed.is_initialized():
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-
-
-def shutdown_distributed() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def shard_range(n: int, r: int | None = None, w: int | None = None) -> range:
-    """Indices of ``range(n)`` that rank ``r`` of ``w`` owns: contiguous, balanced, in order."""
-    r = rank() if r is None else r
-    w = world_size() if w is None else w
-    per, extra = divmod(n, w)
-    start = r * per + min(r, extra)
-    return range(start, start + per + (1 if r < extra else 0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -298,8 +298,7 @@ def score_setting(request: SampleRequest, run_dir: str | os.PathLike, reference:
     run_dir = Path(run_dir)
     start = time.perf_counter()
     run = run_sampling(request, run_dir, options, ctx)
-    metrics = evaluate(run.npz_path, reference.reader, extractor, batch_size=score.batch_size, device=ctx.device,
-                       cache=score.cache, progress=score.progress, exact_fid=score.exact_fid)
+    metrics = evaluate(run.npz_path, reference.reader, extractor, score, ctx)
     seconds = time.perf_counter() - start
     if not ctx.is_main:
         ctx.barrier()

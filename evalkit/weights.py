@@ -1,19 +1,22 @@
-"""Network weights: where they live, where they come from, and how they are downloaded and verified.
+"""Network weights: where they live, where they come from, and how downloads are checked.
 
 Every file evalkit may need (the Inception graph the reference evaluator uses, pytorch-fid's port of
-the same weights, and the 15 released guided-diffusion checkpoints) has an entry in ``WEIGHTS`` with
-its URL and, where known, its sha256. Files live in ``cache_dir()/weights``; ``fetch`` streams a file
-to a temporary name beside its final path, verifies it, then renames it, so a half-downloaded file
-never appears under the final name. Verified hashes are recorded in ``sha256.json`` in the same folder.
+the same weights, the released guided-diffusion checkpoints) has an entry in ``WEIGHTS`` with its URL
+and whatever hash is published for it: OpenAI publishes none, pytorch-fid's file name carries the first
+8 hex digits of its sha256. ``fetch`` streams a file to a temporary name beside its final path, checks
+it (published hash or prefix, a user pin, an optional structure check), then renames it, so a partial
+or rejected download never appears under the final name. The sha256 of every file is recorded in
+``sha256.json`` beside it on first use.
 
-URLs: openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c (README.md and
-evaluations/evaluator.py); pytorch-fid release ``fid_weights``.
+Pins: a user may pin the sha256 of any named file (weights or reference batch) with ``--sha256`` on
+``fetch``, in ``$EVALKIT_PINS`` (``name=sha256,name=sha256``) or in a JSON pin file (``{"name":
+"sha256"}``) at ``$EVALKIT_PIN_FILE``, default ``cache_dir()/pins.json``; the environment wins over
+the file. A file whose sha256 differs from its pin is refused.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import http.client
 import json
 import os
@@ -22,6 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -29,9 +33,13 @@ from evalkit import __version__
 from evalkit.atomic import atomic_path, atomic_write_text
 from evalkit.errors import ConfigError, EvalkitError, WeightsError
 from evalkit.locks import one_download_at_a_time
+from evalkit.hashing import sha256_chunks, sha256_file
+from evalkit.presets import URL_BASE
 
 CHUNK = 1 << 20  # 1 MiB: read/hash/write granularity
-REGISTRY_NAME = "sha256.json"  # per-folder record of verified hashes
+REGISTRY_NAME = "sha256.json"  # per-folder record of the sha256 of each file, taken on first use
+PINS_ENV = "EVALKIT_PINS"  # "name=sha256,name=sha256"
+PIN_FILE_ENV = "EVALKIT_PIN_FILE"  # JSON {"name": "sha256"}; default cache_dir()/pins.json
 
 
 def cache_dir() -> Path:
@@ -72,9 +80,9 @@ class WeightsFile:
         return weights_dir() / self.filename
 
 
-_OPENAI = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+_OPENAI = URL_BASE
 
-# The released guided-diffusion checkpoints (file stem, README label); spec/checkpoints.json.
+# The released guided-diffusion checkpoints (file stem, README label).
 _CHECKPOINTS = (
     ("64x64_classifier", "64x64 classifier"),
     ("64x64_diffusion", "64x64 diffusion"),
@@ -151,15 +159,6 @@ def get(name: str) -> WeightsFile:
 # ---------------------------------------------------------------------------------------------
 # Hashes
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _registry_path(folder: Path) -> Path:
     return folder / REGISTRY_NAME
 
@@ -204,8 +203,91 @@ def recorded_sha256(path: str | os.PathLike) -> str | None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of `path`, from the fetch record when the file is unchanged, else computed (and not recorded)."""
-    return recorded_sha256(path) or sha256_file(path)
+    """sha256 of `path`: the record when the file is unchanged since, else computed (and recorded when
+    the file lives in one of evalkit's cache folders, so each file is hashed once)."""
+    found = recorded_sha256(path)
+    if found is None:
+        found = sha256_file(path)
+        if _in_cache(Path(path)):
+            try:
+                record_sha256(path, found, None)
+            except OSError:  # a read-only cache still answers
+                pass
+    return found
+
+
+def _in_cache(path: Path) -> bool:
+    try:
+        return path.resolve().parent.is_relative_to(cache_dir().resolve())
+    except OSError:
+        return False
+
+
+def downloaded_from(path: str | os.PathLike) -> str | None:
+    """The URL the unchanged file at `path` was downloaded from, as recorded, else None."""
+    path = Path(path)
+    entry = _read_registry(path.parent).get(path.name)
+    if not isinstance(entry, dict) or recorded_sha256(path) is None:
+        return None
+    return entry.get("url")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pins
+
+_HEX = set("0123456789abcdef")
+
+
+def _check_hex(digest: str, where: str) -> str:
+    digest = str(digest).strip().lower()
+    if len(digest) != 64 or not set(digest) <= _HEX:
+        raise ConfigError(f"{where}: found {digest!r}, expected a sha256 of 64 hex digits")
+    return digest
+
+
+def pin_file() -> Path:
+    """The JSON pin file: ``$EVALKIT_PIN_FILE``, else ``cache_dir()/pins.json``."""
+    env = os.environ.get(PIN_FILE_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "pins.json"
+
+
+def pins() -> dict[str, str]:
+    """Pinned sha256 by file name (weights or batch name): the pin file, then ``$EVALKIT_PINS`` over it."""
+    out: dict[str, str] = {}
+    path = pin_file()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"pin file {path}: not readable JSON ({exc}); expected {{\"name\": \"sha256\"}}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"pin file {path}: holds a {type(data).__name__}; expected {{\"name\": \"sha256\"}}")
+        out.update({str(k): _check_hex(v, f"pin file {path}: {k}") for k, v in data.items()})
+    for item in filter(None, (part.strip() for part in os.environ.get(PINS_ENV, "").split(","))):
+        name, sep, digest = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"${PINS_ENV}: found {item!r}, expected name=sha256 (comma-separated)")
+        out[name.strip()] = _check_hex(digest, f"${PINS_ENV}: {name.strip()}")
+    return out
+
+
+def pinned_sha256(name: str, override: str | None = None) -> str | None:
+    """The sha256 `name` must have: `override` (a ``--sha256`` option), else its pin, else None."""
+    if override:
+        return _check_hex(override, "--sha256")
+    return pins().get(name)
+
+
+def is_known_file(name: str, digest: str) -> bool:
+    """Whether `digest` is the sha256 of the real file `name`: its pin when pinned, else its published
+    hash or hash prefix, else (nothing published) a file recorded as downloaded from its registered URL."""
+    entry = get(name)
+    digest = str(digest or "").lower()
+    pinned = pinned_sha256(name)
+    if pinned or entry.sha256 or entry.sha256_prefix:
+        return bool(digest) and check_sha256(digest, pinned or entry.sha256, None if pinned else entry.sha256_prefix)
+    record = _read_registry(entry.path.parent).get(entry.filename)
+    return isinstance(record, dict) and bool(digest) and record.get("sha256") == digest and record.get("url") == entry.url
 
 
 def check_sha256(found: str, sha256: str | None, sha256_prefix: str | None) -> bool:
@@ -223,31 +305,37 @@ def check_sha256(found: str, sha256: str | None, sha256_prefix: str | None) -> b
 @one_download_at_a_time  # two jobs fetching one file: one downloads, the other waits and reuses it
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sha256_prefix: str | None = None,
              progress: bool = True, retry_hint: str = "", error_cls: type[EvalkitError] = WeightsError,
-             timeout: float = 60.0) -> str:
+             timeout: float = 60.0, check: Callable[[Path], None] | None = None) -> str:
     """Stream `url` to `dest` through a temporary file beside it; verify; rename; return the sha256.
 
-    On any failure (no network, HTTP error, connection closed early, hash mismatch) the temporary
-    file is deleted, `dest` is untouched, and `error_cls` is raised naming the file, the URL and where
-    to put the file by hand (plus `retry_hint`, e.g. the fetch command).
+    `check(tmp_path)` may inspect the downloaded file's structure and raise an EvalkitError. On any
+    failure (no network, HTTP error, connection closed early, hash mismatch, failed check) the
+    temporary file is deleted, `dest` is untouched, and `error_cls` is raised naming the file, the URL
+    and where to put the file by hand (plus `retry_hint`, e.g. the fetch command).
     """
     dest = Path(dest)
     by_hand = f"download it yourself from {url} and save it as {dest}"
     hint = f"; {retry_hint}" if retry_hint else ""
     request = urllib.request.Request(url, headers={"User-Agent": f"evalkit/{__version__}"})
     with atomic_path(dest) as tmp:
-        digest = hashlib.sha256()
         received = 0
+
+        def written(response, out, bar):
+            """The response's chunks, each written to the file as it is hashed."""
+            nonlocal received
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+                yield chunk
+
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length and length.isdigit() else None
                 with open(tmp, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
                                                   desc=dest.name, disable=not progress, leave=False) as bar:
-                    while chunk := response.read(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
+                    found = sha256_chunks(written(response, out, bar))
         except urllib.error.HTTPError as exc:
             raise error_cls(f"could not download {dest.name}: {url} answered HTTP {exc.code} {exc.reason}; "
                             f"{by_hand}{hint}") from exc
@@ -260,11 +348,16 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sh
         if expected is not None and received != expected:
             raise error_cls(f"download of {dest.name} from {url} was interrupted: received {received} of "
                             f"{expected} bytes; nothing was saved; {by_hand}{hint}")
-        found = digest.hexdigest()
         if not check_sha256(found, sha256, sha256_prefix):
             want = sha256 or f"{sha256_prefix}..."
-            raise error_cls(f"{dest.name} downloaded from {url} is corrupted: sha256 {found}, expected {want}; "
-                            f"the file was deleted; {by_hand}{hint}")
+            raise error_cls(f"{dest.name} downloaded from {url} is corrupted or another file: sha256 {found}, expected {want}; "
+                            f"the download was deleted; {by_hand}{hint}")
+        if check is not None:
+            try:
+                check(tmp)
+            except EvalkitError as exc:
+                raise error_cls(f"{dest.name} downloaded from {url} is not the expected file: {exc}; the download "
+                                f"was deleted{hint}") from exc
     record_sha256(dest, found, url)
     return found
 
@@ -292,36 +385,40 @@ def require(name: str) -> Path:
     return path
 
 
-def verify(name: str, path: str | os.PathLike | None = None) -> str:
-    """Hash `path` (default: the cached file) and check it against the known hash; return the sha256.
-
-    A mismatch raises WeightsError with the expected and found digests. The result is recorded.
-    """
+def verify(name: str, path: str | os.PathLike | None = None, sha256: str | None = None) -> str:
+    """Hash `path` (default: the cached file) and check it against `sha256`, the pin or the published
+    hash; return the sha256. A mismatch raises WeightsError with both digests; the hash is recorded."""
     entry = get(name)
     path = Path(path) if path is not None else require(name)
     found = file_sha256(path)
-    if not check_sha256(found, entry.sha256, entry.sha256_prefix):
-        want = entry.sha256 or f"{entry.sha256_prefix}..."
-        raise WeightsError(f"{path} is not the expected {entry.filename}: sha256 {found}, expected {want}; "
-                           f"delete it and run `evalkit weights fetch {entry.name}`")
+    pinned = pinned_sha256(name, sha256)
+    want_full, want_prefix = pinned or entry.sha256, None if pinned else entry.sha256_prefix
+    if not check_sha256(found, want_full, want_prefix):
+        want = want_full or f"{want_prefix}..."
+        raise WeightsError(f"{path} is not the expected {entry.filename}: sha256 {found}, expected {want}"
+                           f"{' (pinned)' if pinned else ''}; delete it and run `evalkit weights fetch {entry.name}`")
     if recorded_sha256(path) is None:
         record_sha256(path, found, None)
     return found
 
 
-def fetch(name: str, force: bool = False, progress: bool = True, url: str | None = None) -> Path:
+def fetch(name: str, force: bool = False, progress: bool = True, url: str | None = None,
+          sha256: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """Download the weights file `name` into the cache (unless present) and return its path.
 
     `url` overrides the registered URL (a mirror). With `force`, an existing file is downloaded again.
-    The known sha256/prefix is verified; a mismatch deletes the download and raises WeightsError.
+    The file must have `sha256`, else its pin, else its published hash/prefix, and pass `check` (a
+    structure check, see `download`); otherwise the download is deleted and WeightsError raised.
     Companion files (a BigGAN config beside its weights) are fetched too, from their own URLs.
     """
     entry = get(name)
     dest = entry.path
     if dest.is_file() and not force:
-        verify(name, dest)
+        verify(name, dest, sha256)
     else:
-        download(url or entry.url, dest, sha256=entry.sha256, sha256_prefix=entry.sha256_prefix, progress=progress,
+        pinned = pinned_sha256(name, sha256)
+        download(url or entry.url, dest, sha256=pinned or entry.sha256,
+                 sha256_prefix=None if pinned else entry.sha256_prefix, progress=progress, check=check,
                  retry_hint=f"or retry `evalkit weights fetch {entry.name}` when online")
     for companion in entry.companions:
         fetch(companion, force=force, progress=progress)

@@ -10,6 +10,7 @@ from tiny_extractor import CALLS, make_images
 from evalkit import cache
 from evalkit.evaluate import build_extractor, compute_features, evaluate
 from evalkit.store import write_npz
+from evalkit.options import ScoreOptions
 
 IDENTITY = {"name": "inception", "backend": "torch", "weights_sha256": "ab" * 32, "resize": "tf1-bilinear"}
 
@@ -83,27 +84,27 @@ def test_failed_write_leaves_nothing(cache_root):
 
 def test_compute_features_hits_cache(cache_root, batches):
     ex = build_extractor("tiny-test", "cpu")
-    first = compute_features(batches["ref"], ex, batch_size=16, progress=False)
+    first = compute_features(batches["ref"], ex, ScoreOptions(batch_size=16, progress=False))
     assert CALLS["tiny-test"] == 50
-    second = compute_features(batches["ref"], ex, batch_size=16, progress=False)
+    second = compute_features(batches["ref"], ex, ScoreOptions(batch_size=16, progress=False))
     assert CALLS["tiny-test"] == 50  # extractor not called again
     for name in first:
         np.testing.assert_array_equal(first[name], second[name])
-    compute_features(batches["ref"], ex, batch_size=16, progress=False, cache=False)
+    compute_features(batches["ref"], ex, ScoreOptions(batch_size=16, progress=False, cache=False))
     assert CALLS["tiny-test"] == 100  # cache bypassed
     # Another extractor identity is another key.
-    compute_features(batches["ref"], build_extractor("tiny-test-alt", "cpu"), progress=False)
+    compute_features(batches["ref"], build_extractor("tiny-test-alt", "cpu"), ScoreOptions(progress=False))
     assert CALLS["tiny-test-alt"] == 50
     # Changed file content is another key.
     write_npz(batches["ref"], make_images(50, 99))
-    compute_features(batches["ref"], ex, progress=False)
+    compute_features(batches["ref"], ex, ScoreOptions(progress=False))
     assert CALLS["tiny-test"] == 150
 
 
 def test_features_do_not_depend_on_batch_size(cache_root, batches):
     ex = build_extractor("tiny-test", "cpu")
-    a = compute_features(batches["s1"], ex, batch_size=5, progress=False, cache=False)
-    b = compute_features(batches["s1"], ex, batch_size=64, progress=False, cache=False)
+    a = compute_features(batches["s1"], ex, ScoreOptions(batch_size=5, progress=False, cache=False))
+    b = compute_features(batches["s1"], ex, ScoreOptions(batch_size=64, progress=False, cache=False))
     whole = ex(make_images(37, 2))
     for name in a:
         assert a[name].shape == (37, ex.feature_dims[name])
@@ -113,12 +114,12 @@ def test_features_do_not_depend_on_batch_size(cache_root, batches):
 
 def test_scoring_two_samples_extracts_reference_once(cache_root, batches):
     ex = build_extractor("tiny-test", "cpu")
-    r1 = evaluate(batches["s1"], batches["ref"], ex, progress=False)
-    r2 = evaluate(batches["s2"], batches["ref"], ex, progress=False)
+    r1 = evaluate(batches["s1"], batches["ref"], ex, ScoreOptions(progress=False))
+    r2 = evaluate(batches["s2"], batches["ref"], ex, ScoreOptions(progress=False))
     assert CALLS["tiny-test"] == 50 + 37 + 41
     assert r1["fid"] != r2["fid"]
     # Re-scoring is served entirely from the cache and gives the same numbers.
-    assert evaluate(batches["s1"], batches["ref"], ex, progress=False)["fid"] == r1["fid"]
+    assert evaluate(batches["s1"], batches["ref"], ex, ScoreOptions(progress=False))["fid"] == r1["fid"]
     assert CALLS["tiny-test"] == 50 + 37 + 41
 
 

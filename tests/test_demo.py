@@ -167,7 +167,6 @@ def test_reference_reused_only_when_current(tmp_path, monkeypatch):
     class Other:  # same network, other identity (e.g. retrained weights): must rebuild
         name = extractor.name
         feature_dims = extractor.feature_dims
-        metric_labels = extractor.metric_labels
 
         def identity(self):
             return {**extractor.identity(), "weights_sha256": "0" * 64}

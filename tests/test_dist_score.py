@@ -16,6 +16,7 @@ from tiny_extractor import make_images
 from evalkit.cache import feature_key, read_features, store_cached
 from evalkit.evaluate import build_extractor, compute_features, evaluate, format_lines
 from evalkit.store import open_batch, write_npz
+from evalkit.options import ScoreOptions
 
 TESTS = Path(__file__).parent
 
@@ -57,7 +58,7 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     proc = _torchrun(["score", sample, ref, "--features", "tiny-test", "--device", "cpu", "--no-progress",
                       "--batch-size", "8", "--json", out], shared_cache)
     ex = build_extractor("tiny-test", "cpu")
-    single = _single_thread(lambda: evaluate(sample, ref, ex, batch_size=8, cache=False, progress=False))
+    single = _single_thread(lambda: evaluate(sample, ref, ex, ScoreOptions(batch_size=8, cache=False, progress=False)))
     lines = proc.stdout.splitlines()  # rank 0 alone prints
     assert len(lines) == 5
     assert [ln.split(": ")[0] for ln in lines] == [ln.split(": ")[0] for ln in format_lines(single)]
@@ -74,7 +75,7 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     cached = sorted((shared_cache / "features").glob("*.h5"))
     assert len(cached) == 2
     for batch in (sample, ref):
-        want = _single_thread(lambda b=batch: compute_features(b, ex, cache=False, progress=False))
+        want = _single_thread(lambda b=batch: compute_features(b, ex, ScoreOptions(cache=False, progress=False)))
         matches = [path for path in cached
                    if np.array_equal(read_features(path)[0]["pool"], want["pool"])]
         assert len(matches) == 1, batch
@@ -92,7 +93,7 @@ def test_two_processes_follow_a_cache_hit(tmp_path, monkeypatch):
     reader = open_batch(ref)
     key = feature_key(reader.content_hash(), reader.num_images, ex.identity())
     # Cache marked features: only a cache hit can give them back.
-    want = {name: array + 1000.0 for name, array in compute_features(ref, ex, cache=False, progress=False).items()}
+    want = {name: array + 1000.0 for name, array in compute_features(ref, ex, ScoreOptions(cache=False, progress=False)).items()}
     store_cached(key, want)
     h5 = tmp_path / "ref.h5"
     _torchrun(["features", ref, "--out", h5, "--features", "tiny-test", "--device", "cpu", "--no-progress"],

@@ -12,13 +12,13 @@ from tiny_extractor import make_images
 
 from evalkit.errors import BatchFormatError, InputError, WeightsError
 from evalkit.evaluate import (
-    INCEPTION_LABELS,
     ResolutionWarning,
     build_extractor,
     evaluate,
     format_lines,
-    metric_labels,
 )
+from evalkit.metrics.keys import metric_labels
+from evalkit.options import ScoreOptions
 from evalkit.metrics import (
     ConditioningWarning,
     feature_statistics,
@@ -40,6 +40,24 @@ def _cache(tmp_path, monkeypatch):
 @pytest.fixture
 def ex():
     return build_extractor("tiny-test", "cpu")
+
+
+@pytest.fixture
+def canonical(monkeypatch):
+    """The tiny network standing in for the canonical Inception-2015 weights: named "inception", with its
+    weights' sha256 pinned as inception-pb's (the public way to name the canonical weights)."""
+    from tiny_extractor import TinyExtractor
+
+    stand_in = TinyExtractor("inception", 0)
+    monkeypatch.setenv("EVALKIT_PINS", f"inception-pb={stand_in.weights_sha256}")
+    return stand_in
+
+
+def _stats(ex, images):
+    feats = ex(images)
+    stats = dict(zip(("mu", "sigma"), feature_statistics(feats["pool"])))
+    stats.update(zip(("mu_s", "sigma_s"), feature_statistics(feats["spatial"])))
+    return stats
 
 
 @pytest.fixture
@@ -67,7 +85,7 @@ def _direct(ex, sample_images, ref_images, ref_stats=None):
 
 def test_values_equal_metric_functions(ex, pair):
     sample, ref = pair
-    result = evaluate(sample, ref, ex, batch_size=16, progress=False)
+    result = evaluate(sample, ref, ex, ScoreOptions(batch_size=16, progress=False))
     want = _direct(ex, make_images(N_SAMPLE, 1), make_images(N_REF, 2, shift=30))
     for key, value in want.items():
         assert result[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
@@ -81,22 +99,21 @@ def test_values_equal_metric_functions(ex, pair):
     assert len(prov["sample"]["sha256"]) == 64 and prov["sample"]["sha256"] != prov["reference"]["sha256"]
 
 
-def test_reference_precomputed_statistics_are_used(ex, pair, tmp_path):
+def test_reference_precomputed_statistics_are_used(canonical, pair, tmp_path):
+    ex = canonical
     sample, ref = pair
     ref_images = make_images(N_REF, 2, shift=30)
-    feats = ex(ref_images)
-    stats = dict(zip(("mu", "sigma"), feature_statistics(feats["pool"])))
-    stats.update(zip(("mu_s", "sigma_s"), feature_statistics(feats["spatial"])))
+    stats = _stats(ex, ref_images)
     with_stats = tmp_path / "ref_stats.npz"
     write_npz(with_stats, ref_images, **stats)
-    computed = evaluate(sample, ref, ex, progress=False)
-    same = evaluate(sample, with_stats, ex, progress=False)
+    computed = evaluate(sample, ref, ex, ScoreOptions(progress=False))
+    same = evaluate(sample, with_stats, ex, ScoreOptions(progress=False))
     assert same["provenance"]["reference_statistics"] == "file"
     assert same["fid"] == pytest.approx(computed["fid"], rel=1e-9)
     # Change only the pool mean in the file: FID moves, sFID and P/R (images) do not.
     moved = tmp_path / "ref_moved.npz"
     write_npz(moved, ref_images, **{**stats, "mu": stats["mu"] + np.float32(0.5)})
-    shifted = evaluate(sample, moved, ex, progress=False)
+    shifted = evaluate(sample, moved, ex, ScoreOptions(progress=False))
     assert shifted["fid"] != pytest.approx(computed["fid"], rel=1e-3)
     want = _direct(ex, make_images(N_SAMPLE, 1), ref_images, {**stats, "mu": stats["mu"] + np.float32(0.5)})
     assert shifted["fid"] == pytest.approx(want["fid"], rel=1e-9)
@@ -104,27 +121,97 @@ def test_reference_precomputed_statistics_are_used(ex, pair, tmp_path):
     assert (shifted["precision"], shifted["recall"]) == (computed["precision"], computed["recall"])
 
 
-def test_statistics_of_another_network_are_not_used(ex, pair, tmp_path):
+def test_statistics_of_another_network_are_not_used(canonical, pair, tmp_path):
     sample, ref = pair
     other = tmp_path / "ref_inception_stats.npz"
     write_npz(other, make_images(N_REF, 2, shift=30), mu=np.zeros(20), sigma=np.eye(20), mu_s=np.zeros(9),
               sigma_s=np.eye(9))
     with pytest.warns(UserWarning, match="computing the reference statistics from its images"):
-        result = evaluate(sample, other, ex, progress=False)
+        result = evaluate(sample, other, canonical, ScoreOptions(progress=False))
     assert result["provenance"]["reference_statistics"] == "computed"
-    assert result["fid"] == pytest.approx(evaluate(sample, ref, ex, progress=False)["fid"], rel=1e-9)
+    assert result["fid"] == pytest.approx(evaluate(sample, ref, canonical, ScoreOptions(progress=False))["fid"],
+                                          rel=1e-9)
+
+
+@pytest.mark.parametrize("network", ["plugin", "inception with other weights"])
+def test_openai_statistics_are_not_used_with_another_network(network, ex, canonical, pair, tmp_path, monkeypatch):
+    """OpenAI-style statistics (no network recorded) with matching dimensions are used only with the
+    canonical weights: a plugin network, or "inception" with unpinned weights, recomputes them.
+    Catches a trust rule that only compares dimensions (the bug this replaced)."""
+    sample, ref = pair
+    ref_images = make_images(N_REF, 2, shift=30)
+    with_stats = tmp_path / "ref_stats.npz"
+    write_npz(with_stats, ref_images, **{k: v * 0 for k, v in _stats(ex, ref_images).items()})  # wrong values
+    if network != "plugin":
+        monkeypatch.setenv("EVALKIT_PINS", "inception-pb=" + "0" * 64)
+        ex = canonical
+    with pytest.warns(UserWarning, match="used only with the canonical Inception-2015 weights"):
+        result = evaluate(sample, with_stats, ex, ScoreOptions(progress=False))
+    prov = result["provenance"]
+    assert prov["reference_statistics"] == "computed"
+    assert "canonical Inception-2015" in prov["reference"]["statistics"]["reason"]
+    want = evaluate(sample, ref, ex, ScoreOptions(progress=False))
+    assert result["fid"] == want["fid"] and result["sfid"] == want["sfid"]
+
+
+def test_untrusted_statistics_without_images_are_refused(ex, pair, tmp_path):
+    stats_only = tmp_path / "stats_only.npz"
+    np.savez(stats_only, np.zeros((0, 32, 32, 3), np.uint8), **_stats(ex, make_images(N_REF, 2, shift=30)))
+    with pytest.raises(BatchFormatError, match="holds no images to compute them from"):
+        evaluate(pair[0], stats_only, ex, ScoreOptions(progress=False))
+
+
+def test_sample_statistics_are_used_as_the_reference_does(canonical, pair, tmp_path):
+    """Stored sample statistics replace those of the sample's images (parity with read_statistics);
+    --recompute-sample-stats ignores them. Catches evaluate ignoring the sample's stored statistics."""
+    sample, ref = pair
+    images = make_images(N_SAMPLE, 1)
+    stats = _stats(canonical, images)
+    moved = tmp_path / "sample_stats.npz"
+    write_npz(moved, images, **{**stats, "mu": stats["mu"] + np.float32(0.5)})
+    plain = evaluate(sample, ref, canonical, ScoreOptions(progress=False))
+    used = evaluate(moved, ref, canonical, ScoreOptions(progress=False))
+    ignored = evaluate(moved, ref, canonical, ScoreOptions(progress=False, use_sample_stats=False))
+    assert used["provenance"]["sample_statistics"] == "file"
+    assert ignored["provenance"]["sample_statistics"] == "computed" and plain["provenance"]["sample_statistics"] == "computed"
+    r = canonical(make_images(N_REF, 2, shift=30))
+    ref_mu, ref_sigma = feature_statistics(r["pool"])
+    want = frechet_distance(stats["mu"] + np.float32(0.5), stats["sigma"], ref_mu, ref_sigma)
+    assert used["fid"] == pytest.approx(want, rel=1e-9) and used["fid"] != pytest.approx(plain["fid"], rel=1e-3)
+    assert used["sfid"] == pytest.approx(plain["sfid"], rel=1e-9)
+    assert (ignored["fid"], ignored["sfid"]) == (plain["fid"], plain["sfid"])
+    assert used["inception_score"] == plain["inception_score"] and used["recall"] == plain["recall"]
+
+
+def test_sample_statistics_of_the_wrong_dimension_are_an_error(canonical, pair, tmp_path):
+    bad = tmp_path / "sample_bad_stats.npz"
+    write_npz(bad, make_images(N_SAMPLE, 1), mu=np.zeros(20), sigma=np.eye(20), mu_s=np.zeros(8), sigma_s=np.eye(8))
+    with pytest.raises(BatchFormatError, match="stored statistics have shapes.*--recompute-sample-stats"):
+        evaluate(bad, pair[1], canonical, ScoreOptions(progress=False))
+    ok = evaluate(bad, pair[1], canonical, ScoreOptions(progress=False, use_sample_stats=False))
+    assert ok["provenance"]["sample_statistics"] == "computed"
+
+
+def test_sample_statistics_of_an_unknown_network_are_recomputed(ex, pair, tmp_path):
+    images = make_images(N_SAMPLE, 1)
+    with_stats = tmp_path / "sample_stats.npz"
+    write_npz(with_stats, images, **{k: v * 0 for k, v in _stats(ex, images).items()})
+    with pytest.warns(UserWarning, match="computing the sample statistics from its images"):
+        result = evaluate(with_stats, pair[1], ex, ScoreOptions(progress=False))
+    assert result["provenance"]["sample_statistics"] == "computed"
+    assert result["fid"] == evaluate(pair[0], pair[1], ex, ScoreOptions(progress=False))["fid"]
 
 
 def test_five_lines_in_reference_format():
     # Inception labels with values of the reference evaluator's README example.
     result = {"inception_score": float(np.float32(215.8370361328125)), "fid": float(np.float64(3.9425574129223264)),
-              "sfid": 6.140433703346162, "precision": 0.8265, "recall": 0.5309, "labels": dict(INCEPTION_LABELS)}
+              "sfid": 6.140433703346162, "precision": 0.8265, "recall": 0.5309, "labels": metric_labels("inception", printed=True)}
     assert format_lines(result) == ["Inception Score: 215.8370361328125", "FID: 3.9425574129223264",
                                     "sFID: 6.140433703346162", "Precision: 0.8265", "Recall: 0.5309"]
 
 
 def test_printed_values_match_numpy_scalars(ex, pair):
-    result = evaluate(*pair, ex, progress=False)
+    result = evaluate(*pair, ex, ScoreOptions(progress=False))
     lines = format_lines(result)
     assert len(lines) == 5
     number = r"(-?\d+\.\d+(e-?\d+)?)"
@@ -138,23 +225,19 @@ def test_printed_values_match_numpy_scalars(ex, pair):
     assert lines[2].endswith(" " + str(np.float64(result["sfid"])))
 
 
-def test_non_inception_labels_never_say_fid(ex):
-    labels = metric_labels(ex)
-    assert labels["fid"] == "FD (tiny-test features)" and "FID" not in " ".join(labels.values())
-
-    class Bare:
-        name = "mynet"
-        metric_labels = {}
-
-    bare = metric_labels(Bare())
-    assert bare["fid"] == "FD (mynet features)" and bare["sfid"] == "sFD (mynet features)"
-    assert bare["inception_score"] == "IS (mynet)"
-
-    class Inc:
-        name = "inception"
-        metric_labels = {}
-
-    assert metric_labels(Inc()) == INCEPTION_LABELS
+def test_labels_come_from_the_one_label_function(ex, pair):
+    """Every network's labels come from metric_label: Inception (torch or TF) says FID, others name the
+    network. Catches a label table that drifts from metric_label (e.g. "IS (digits classifier)")."""
+    result = evaluate(*pair, ex, ScoreOptions(progress=False))
+    assert result["labels"] == metric_labels("tiny-test", printed=True)
+    assert result["labels"]["fid"] == "FD (tiny-test features)" and "FID" not in " ".join(result["labels"].values())
+    assert metric_labels("digits") == {"inception_score": "IS (digits features)", "fid": "FD (digits features)",
+                                       "sfid": "sFD (digits features)", "precision": "Precision (digits features)",
+                                       "recall": "Recall (digits features)"}
+    for inception in ("inception", "inception-tf"):
+        assert metric_labels(inception) == {"inception_score": "IS", "fid": "FID", "sfid": "sFID",
+                                            "precision": "Precision", "recall": "Recall"}
+        assert metric_labels(inception, printed=True)["inception_score"] == "Inception Score"
 
 
 def test_different_resolutions_warn(ex, pair, tmp_path):
@@ -162,7 +245,7 @@ def test_different_resolutions_warn(ex, pair, tmp_path):
     ref64 = tmp_path / "ref64.npz"
     write_npz(ref64, make_images(N_REF, 2, res=64))
     with pytest.warns(ResolutionWarning, match="32x32 but reference images are 64x64"):
-        result = evaluate(sample, ref64, ex, progress=False)
+        result = evaluate(sample, ref64, ex, ScoreOptions(progress=False))
     assert np.isfinite(result["fid"])
 
 
@@ -172,7 +255,7 @@ def test_fewer_images_than_dimensions_warn(ex, pair, tmp_path):
     write_npz(few, make_images(12, 4))  # 12 <= 16 pool dims
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        evaluate(few, ref, ex, progress=False)
+        evaluate(few, ref, ex, ScoreOptions(progress=False))
     messages = [str(w.message) for w in caught if issubclass(w.category, ConditioningWarning)]
     assert len(messages) == 1 and "12 images" in messages[0]
     assert "(pool 16)" in messages[0] and "spatial" not in messages[0]  # 12 > 8 spatial dims
@@ -184,7 +267,7 @@ def test_too_few_images(ex, pair, tmp_path, n):
     tiny = tmp_path / "tiny.npz"
     np.savez(tiny, make_images(max(n, 1), 4)[:n])
     with pytest.raises(BatchFormatError, match=f"{tiny}.*{n} image"):
-        evaluate(tiny, ref, ex, progress=False)
+        evaluate(tiny, ref, ex, ScoreOptions(progress=False))
 
 
 def test_nan_images_rejected(ex, pair, tmp_path):
@@ -194,12 +277,12 @@ def test_nan_images_rejected(ex, pair, tmp_path):
     bad = tmp_path / "nan.npz"
     np.savez(bad, images)
     with pytest.raises(BatchFormatError, match="NaN"):
-        evaluate(bad, ref, ex, progress=False)
+        evaluate(bad, ref, ex, ScoreOptions(progress=False))
 
 
 def test_unknown_reference_name_lists_known(ex, pair):
     with pytest.raises(InputError, match="imagenet256") as info:
-        evaluate(pair[0], "imagenet1000", ex, progress=False)
+        evaluate(pair[0], "imagenet1000", ex, ScoreOptions(progress=False))
     assert "lsun_bedroom" in str(info.value)
 
 
@@ -210,8 +293,8 @@ def test_missing_inception_weights(monkeypatch, tmp_path):
 
 
 def test_exact_fid_path_agrees(ex, pair):
-    fast = evaluate(*pair, ex, progress=False)
-    exact = evaluate(*pair, ex, progress=False, exact_fid=True)
+    fast = evaluate(*pair, ex, ScoreOptions(progress=False))
+    exact = evaluate(*pair, ex, ScoreOptions(progress=False, exact_fid=True))
     assert exact["provenance"]["exact_fid"] is True and fast["provenance"]["exact_fid"] is False
     for key in ("fid", "sfid"):
         assert exact[key] == pytest.approx(fast[key], rel=1e-6)

@@ -26,6 +26,7 @@ from evalkit.features.convert import (
     to_torchvision_state_dict,
 )
 from evalkit.features.inception import CONVERTED_CACHE_NAME, flatten_spatial, resolve_weights
+from evalkit.metrics.keys import metric_label
 from tf_graph_builder import build_inception_graphdef, make_images, session_pb
 
 
@@ -224,7 +225,7 @@ def test_identity_labels_and_registry(pb_path, extractor):
     assert ident["resize"] == "tf1-legacy-bilinear"
     assert ident["weights_sha256"] == params_from_graphdef(pb_path).source_sha256
     assert extractor.feature_dims == {"pool": 2048, "spatial": 2023, "logits": 1008}
-    assert extractor.metric_labels["sfid"] == "sFID"
+    assert metric_label("sfid", extractor.name) == "sFID"
     from evalkit.features import DEFAULT_EXTRACTOR
 
     assert DEFAULT_EXTRACTOR == "inception"

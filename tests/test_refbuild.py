@@ -22,6 +22,7 @@ from evalkit.evaluate import build_extractor, evaluate
 from evalkit.metrics import feature_statistics, frechet_distance
 from evalkit.refbuild import META_KEY, build_reference, decode_meta, reference_meta, subset_indices
 from evalkit.store import write_npz
+from evalkit.options import ScoreOptions
 
 DIGITS = ["--features", "digits", "--device", "cpu", "--no-progress"]
 
@@ -73,8 +74,7 @@ def test_subset_indices_sorted_seeded_and_exact():
 
 def test_layout_statistics_and_meta(cache_root, source, digits, extractor, tmp_path):
     images, labels = digits
-    out = build_reference(source, tmp_path / "ref.npz", extractor="digits", subset=150, seed=7, batch_size=37,
-                          device="cpu", progress=False)
+    out = build_reference(source, tmp_path / "ref.npz", extractor="digits", subset=150, seed=7, options=ScoreOptions(batch_size=37, progress=False))
     keep = np.sort(np.random.default_rng(7).permutation(400)[:150])
     # The seed's npz conventions: plain np.load, arr_0 uint8 NHWC, arr_1 labels, stats shapes.
     with np.load(out, allow_pickle=False) as f:
@@ -107,9 +107,9 @@ def test_layout_statistics_and_meta(cache_root, source, digits, extractor, tmp_p
 
 
 def test_subset_determinism_and_batch_size_independence(cache_root, source, tmp_path):
-    a = build_reference(source, tmp_path / "a.npz", "digits", subset=100, seed=1, batch_size=64, progress=False)
-    b = build_reference(source, tmp_path / "b.npz", "digits", subset=100, seed=1, batch_size=9, progress=False)
-    c = build_reference(source, tmp_path / "c.npz", "digits", subset=100, seed=2, progress=False)
+    a = build_reference(source, tmp_path / "a.npz", "digits", subset=100, seed=1, options=ScoreOptions(batch_size=64, progress=False))
+    b = build_reference(source, tmp_path / "b.npz", "digits", subset=100, seed=1, options=ScoreOptions(batch_size=9, progress=False))
+    c = build_reference(source, tmp_path / "c.npz", "digits", subset=100, seed=2, options=ScoreOptions(progress=False))
     with np.load(a) as fa, np.load(b) as fb, np.load(c) as fc:
         assert np.array_equal(fa["arr_0"], fb["arr_0"]) and np.array_equal(fa["arr_1"], fb["arr_1"])
         np.testing.assert_allclose(fa["sigma"], fb["sigma"], rtol=1e-6, atol=1e-9)
@@ -128,10 +128,10 @@ def test_cli_build_then_score_reads_it_back(cache_root, source, digits, extracto
     scored = _run("score", samples, ref, *DIGITS, "--no-cache")
     assert scored.exit_code == 0, scored.output
     printed = dict(line.rsplit(": ", 1) for line in scored.stdout.splitlines())
-    assert set(printed) == {"IS (digits classifier)", "FD (digits features)", "sFD (digits features)",
+    assert set(printed) == {"IS (digits features)", "FD (digits features)", "sFD (digits features)",
                             "Precision (digits features)", "Recall (digits features)"}
     # FD uses the file's statistics over all 400 images; precision/recall use its 200-image arr_0.
-    result = evaluate(samples, ref, extractor, cache=False, progress=False)
+    result = evaluate(samples, ref, extractor, ScoreOptions(cache=False, progress=False))
     assert result["provenance"]["reference_statistics"] == "file"
     mu, sigma = feature_statistics(extractor(images[1000:1100])["pool"])
     want = frechet_distance(mu, sigma, *feature_statistics(extractor(images[:400])["pool"]))
@@ -145,7 +145,7 @@ def test_folder_and_hdf5_sources(cache_root, digits, tmp_path):
     folder.mkdir()
     for i in range(70):
         Image.fromarray(images[i]).save(folder / f"img_{i:03d}.png")
-    ref = build_reference(folder, tmp_path / "f.npz", "digits", subset=12, seed=0, progress=False)
+    ref = build_reference(folder, tmp_path / "f.npz", "digits", subset=12, seed=0, options=ScoreOptions(progress=False))
     with np.load(ref) as f:
         assert "arr_1" not in f.files  # a folder has no labels
         keep = subset_indices(70, 12, 0)
@@ -154,7 +154,7 @@ def test_folder_and_hdf5_sources(cache_root, digits, tmp_path):
     with h5py.File(h5, "w") as f:
         f["images"] = images[:70]
         f["labels"] = labels[:70]
-    ref = build_reference(h5, tmp_path / "h.npz", "digits", subset=70, progress=False)
+    ref = build_reference(h5, tmp_path / "h.npz", "digits", subset=70, options=ScoreOptions(progress=False))
     with np.load(ref) as f:
         assert np.array_equal(f["arr_0"], images[:70]) and np.array_equal(f["arr_1"], labels[:70])
 
@@ -198,15 +198,15 @@ def test_bad_inputs_one_line_error_and_nothing_written(cache_root, source, digit
 
 def test_library_errors_are_evalkit_errors(cache_root, source, tmp_path):
     with pytest.raises(InputError, match="fewer than the requested subset"):
-        build_reference(source, tmp_path / "r.npz", "digits", subset=401, progress=False)
+        build_reference(source, tmp_path / "r.npz", "digits", subset=401, options=ScoreOptions(progress=False))
     with pytest.raises(ConfigError, match="known:"):
-        build_reference(source, tmp_path / "r.npz", "no-such-net", progress=False)
+        build_reference(source, tmp_path / "r.npz", "no-such-net", options=ScoreOptions(progress=False))
     with pytest.raises(InputError, match="is the source batch itself"):
-        build_reference(source, source.with_suffix(".npz"), "digits", subset=10, progress=False)
+        build_reference(source, source.with_suffix(".npz"), "digits", subset=10, options=ScoreOptions(progress=False))
     short = tmp_path / "short.npz"
     write_npz(short, np.zeros((4, 9, 8, 3), np.uint8))
     with pytest.raises(BatchFormatError, match="8×8×3"):
-        build_reference(short, tmp_path / "r.npz", "digits", subset=4, progress=False)
+        build_reference(short, tmp_path / "r.npz", "digits", subset=4, options=ScoreOptions(progress=False))
     assert not (tmp_path / "r.npz").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.npz")]
 
@@ -219,13 +219,13 @@ def test_statistics_of_another_feature_network_are_not_used(cache_root, source, 
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny_extractor  # noqa: F401  (registers tiny-test and tiny-test-alt: same sizes, other weights)
 
-    ref = build_reference(source, tmp_path / "ref.npz", extractor="tiny-test", subset=200, progress=False)
+    ref = build_reference(source, tmp_path / "ref.npz", extractor="tiny-test", subset=200, options=ScoreOptions(progress=False))
     samples = tmp_path / "samples.npz"
     write_npz(samples, digits[0][400:600])
-    same = evaluate(samples, ref, build_extractor("tiny-test"), progress=False, cache=False)
+    same = evaluate(samples, ref, build_extractor("tiny-test"), ScoreOptions(progress=False, cache=False))
     assert same["provenance"]["reference_statistics"] == "file"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        other = evaluate(samples, ref, build_extractor("tiny-test-alt"), progress=False, cache=False)
+        other = evaluate(samples, ref, build_extractor("tiny-test-alt"), ScoreOptions(progress=False, cache=False))
     assert other["provenance"]["reference_statistics"] == "computed"
     assert any("were computed with feature network 'tiny-test'" in str(w.message) for w in caught)

@@ -12,6 +12,7 @@ from tiny_sampling import one_thread
 from evalkit.cli import main
 from evalkit.evaluate import build_extractor, evaluate, format_lines
 from evalkit.results import COLUMNS, read_results
+from evalkit.options import ScoreOptions
 
 NPZ = f"samples_{NUM_SAMPLES}x8x8x3.npz"
 
@@ -51,7 +52,7 @@ def test_writes_metrics_json_and_one_row(assets, guided):
     metrics, row = record["metrics"], record["row"]
     # The printed lines are the evaluator's five, and they score the stored samples.
     assert guided["stdout"].splitlines() == format_lines(metrics)
-    again = evaluate(guided["out"] / NPZ, assets["ref"], build_extractor(FEATURES, "cpu"), progress=False)
+    again = evaluate(guided["out"] / NPZ, assets["ref"], build_extractor(FEATURES, "cpu"), ScoreOptions(progress=False))
     for key in ("inception_score", "fid", "sfid", "precision", "recall"):
         assert metrics[key] == pytest.approx(again[key], rel=1e-9, abs=1e-12)
     df = read_results(guided["csv"])

@@ -14,6 +14,7 @@ from evalkit.cache import read_features
 from evalkit.cli import main
 from evalkit.evaluate import build_extractor, compute_features, evaluate, format_lines
 from evalkit.store import write_npz
+from evalkit.options import ScoreOptions
 
 TINY = ["--features", "tiny-test", "--device", "cpu", "--no-progress"]
 
@@ -42,11 +43,12 @@ def test_score_prints_exactly_five_lines(cache_root, pair):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 5
-    pattern = [r"IS \(tiny-test\): \d+\.\d+", r"FD \(tiny-test features\): \d+\.\d+",
-               r"sFD \(tiny-test features\): \d+\.\d+", r"Precision: [01]\.\d+", r"Recall: [01]\.\d+"]
+    pattern = [r"IS \(tiny-test features\): \d+\.\d+", r"FD \(tiny-test features\): \d+\.\d+",
+               r"sFD \(tiny-test features\): \d+\.\d+", r"Precision \(tiny-test features\): [01]\.\d+",
+               r"Recall \(tiny-test features\): [01]\.\d+"]
     for line, pat in zip(lines, pattern):
         assert re.fullmatch(pat, line), line
-    want = evaluate(*pair, build_extractor("tiny-test", "cpu"), progress=False)
+    want = evaluate(*pair, build_extractor("tiny-test", "cpu"), ScoreOptions(progress=False))
     assert lines == format_lines(want)
 
 
@@ -128,7 +130,7 @@ def test_features_command_writes_h5(cache_root, pair, tmp_path):
     assert result.exit_code == 0, result.output
     assert "pool [40, 16]" in result.stdout
     arrays, attrs = read_features(out)
-    want = compute_features(pair[0], build_extractor("tiny-test", "cpu"), cache=False, progress=False)
+    want = compute_features(pair[0], build_extractor("tiny-test", "cpu"), ScoreOptions(cache=False, progress=False))
     for name in ("pool", "spatial", "logits"):
         np.testing.assert_allclose(arrays[name], want[name], rtol=0, atol=1e-6)
     assert json.loads(attrs["extractor"])["name"] == "tiny-test"

@@ -21,6 +21,22 @@ GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 CORRUPT = GOOD[:-7] + b"EVALKIT"
 
 
+def _npz_bytes(n: int, size: int, stats: bool) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    extra = {"mu": np.zeros(3), "sigma": np.eye(3), "mu_s": np.zeros(2), "sigma_s": np.eye(2)} if stats else {}
+    np.savez(buf, np.zeros((n, size, size, 3), np.uint8), **extra)
+    return buf.getvalue()
+
+
+SMALL_REF = _npz_bytes(5, 8, True)  # a tiny stand-in for a published reference batch
+SMALL_REF_SHA = hashlib.sha256(SMALL_REF).hexdigest()
+WRONG_REF = _npz_bytes(4, 8, True)  # one image short
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -30,6 +46,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(GOOD)
         elif self.path == "/corrupt":
             self._send(CORRUPT)
+        elif self.path == "/ref":
+            self._send(SMALL_REF)
+        elif self.path == "/wrongref":
+            self._send(WRONG_REF)
         elif self.path == "/short":
             # Promise the whole file, send half, then drop the connection.
             self.send_response(200)
@@ -280,10 +300,22 @@ def test_resolve_batch(cache, tmp_path):
     assert refbatches.resolve_batch("imagenet64") == cached
 
 
-def test_ref_fetch_uses_download_machinery(cache, server):
-    path = refbatches.fetch_batch("imagenet64", progress=False, url=f"{server}/good")
+@pytest.fixture
+def small_imagenet64(monkeypatch):
+    """imagenet64's manifest entry, listed as 5 images of 8×8 with statistics (what SMALL_REF holds)."""
+    import dataclasses
+
+    entries = dict(refbatches._entries())
+    entries["imagenet64"] = dataclasses.replace(entries["imagenet64"], num_images=5, resolution=8,
+                                                documented_num_images=None)
+    monkeypatch.setattr(refbatches, "_entries", lambda: entries)
+    return entries["imagenet64"]
+
+
+def test_ref_fetch_uses_download_machinery(cache, server, small_imagenet64):
+    path = refbatches.fetch_batch("imagenet64", progress=False, url=f"{server}/ref")
     assert path == cache / "reference_batches" / "VIRTUAL_imagenet64_labeled.npz"
-    assert refbatches.batch_sha256("imagenet64") == GOOD_SHA
+    assert refbatches.batch_sha256("imagenet64") == SMALL_REF_SHA
     with pytest.raises(InputError) as info:
         refbatches.fetch_batch("imagenet128", progress=False, url=f"{server}/short")
     assert "evalkit ref fetch imagenet128" in str(info.value)
@@ -297,3 +329,98 @@ def test_cli_ref_list_and_unknown_fetch(cache):
     assert "admnet_guided_imagenet256" in CliRunner().invoke(main, ["ref", "list", "--all"]).output
     bad = CliRunner().invoke(main, ["ref", "fetch", "imagenet1024"])
     assert bad.exit_code == 1 and "imagenet256" in bad.output
+
+
+# --- honest verification: pins and structure checks ---------------------------------------------
+
+def test_ref_fetch_checks_the_listed_structure(cache, server, small_imagenet64):
+    """A published batch must hold the image count and resolution listed for it; else nothing is left.
+    Catches a download that is renamed into place before its structure is checked."""
+    with pytest.raises(InputError, match="holds 4 images of .*expected 5 images"):
+        refbatches.fetch_batch("imagenet64", progress=False, url=f"{server}/wrongref")
+    assert _leftovers(cache / "reference_batches") == []
+
+
+@pytest.mark.parametrize("how", ["option", "env", "pin file"])
+def test_a_pinned_hash_that_does_not_match_is_refused(how, cache, server, small_imagenet64, monkeypatch, tmp_path):
+    wrong = "ab" * 32
+    kwargs = {}
+    if how == "option":
+        kwargs["sha256"] = wrong
+    elif how == "env":
+        monkeypatch.setenv("EVALKIT_PINS", f"imagenet64={wrong}")
+    else:
+        pin_file = tmp_path / "pins.json"
+        pin_file.write_text(json.dumps({"imagenet64": wrong}))
+        monkeypatch.setenv("EVALKIT_PIN_FILE", str(pin_file))
+    with pytest.raises(InputError, match=f"sha256 {SMALL_REF_SHA}, expected {wrong}"):
+        refbatches.fetch_batch("imagenet64", progress=False, url=f"{server}/ref", **kwargs)
+    assert _leftovers(cache / "reference_batches") == []
+
+
+def test_a_matching_pin_is_accepted_and_checked_on_use(cache, server, small_imagenet64, monkeypatch):
+    monkeypatch.setenv("EVALKIT_PINS", f"imagenet64={SMALL_REF_SHA}")
+    path = refbatches.fetch_batch("imagenet64", progress=False, url=f"{server}/ref")
+    assert refbatches.resolve_batch("imagenet64") == path
+    monkeypatch.setenv("EVALKIT_PINS", "imagenet64=" + "cd" * 32)
+    with pytest.raises(InputError, match="is pinned to"):
+        refbatches.resolve_batch("imagenet64")
+
+
+def test_weights_pin_overrides_and_mismatch_leaves_nothing(cache, monkeypatch, server):
+    _entry(monkeypatch, f"{server}/good", sha256=None)
+    with pytest.raises(WeightsError, match="expected " + "ef" * 32):
+        weights.fetch("test-net", progress=False, sha256="ef" * 32)
+    assert _leftovers(cache / "weights") == []
+    monkeypatch.setenv("EVALKIT_PINS", f"test-net={GOOD_SHA}")
+    assert weights.fetch("test-net", progress=False).is_file()
+    monkeypatch.setenv("EVALKIT_PINS", "test-net=" + "ef" * 32)
+    with pytest.raises(WeightsError, match="pinned"):
+        weights.verify("test-net")
+
+
+def test_malformed_pins_are_one_clear_error(cache, monkeypatch):
+    monkeypatch.setenv("EVALKIT_PINS", "inception-pb=xyz")
+    with pytest.raises(ConfigError, match="EVALKIT_PINS: inception-pb: found 'xyz', expected a sha256"):
+        weights.pins()
+    monkeypatch.setenv("EVALKIT_PINS", "no-equals-sign")
+    with pytest.raises(ConfigError, match="expected name=sha256"):
+        weights.pins()
+
+
+def test_cli_fetch_with_a_wrong_pin_is_one_line(cache, monkeypatch, server):
+    _entry(monkeypatch, f"{server}/good", sha256=None)
+    result = CliRunner().invoke(main, ["weights", "fetch", "test-net", "--no-progress", "--url", f"{server}/good",
+                                       "--sha256", "ef" * 32])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert _leftovers(cache / "weights") == []
+
+
+def test_inception_pb_download_is_checked_for_the_graph(cache, monkeypatch, server):
+    """A .pb download that is not the Inception graph is refused and removed (the converter's checks)."""
+    _entry(monkeypatch, f"{server}/good", sha256=None, name="inception-pb")
+    result = CliRunner().invoke(main, ["weights", "fetch", "inception-pb", "--no-progress"])
+    assert result.exit_code == 1 and "not the expected file" in result.output, result.output
+    assert _leftovers(cache / "weights") == []
+
+
+def test_canonical_inception_identity(cache, monkeypatch):
+    """Precomputed OpenAI statistics are trusted for: the pytorch-fid .pth (published prefix), a pinned
+    file, or the .pb recorded as downloaded from OpenAI's URL; nothing else."""
+    from evalkit.stored_stats import canonical_inception
+
+    pth = "6726825d" + "0" * 56
+    assert canonical_inception({"name": "inception", "weights_sha256": pth})
+    assert canonical_inception({"name": "inception-tf", "weights_sha256": pth})
+    assert not canonical_inception({"name": "digits", "weights_sha256": pth})
+    other = "12" * 32
+    assert not canonical_inception({"name": "inception", "weights_sha256": other})
+    entry = weights.get("inception-pb")
+    entry.path.parent.mkdir(parents=True)
+    entry.path.write_bytes(b"graph")
+    weights.record_sha256(entry.path, other, "https://mirror.example/x.pb")
+    assert not canonical_inception({"name": "inception", "weights_sha256": other})  # a mirror: not known
+    weights.record_sha256(entry.path, other, entry.url)
+    assert canonical_inception({"name": "inception", "weights_sha256": other})
+    monkeypatch.setenv("EVALKIT_PINS", "inception-pb=" + "34" * 32)
+    assert not canonical_inception({"name": "inception", "weights_sha256": other})  # the pin decides

@@ -51,8 +51,6 @@ class TinyExtractor:
 
     def __init__(self, name: str, seed: int, device="cpu") -> None:
         self.name = name
-        self.metric_labels = {"inception_score": f"IS ({name})", "fid": f"FD ({name} features)",
-                              "sfid": f"sFD ({name} features)", "precision": "Precision", "recall": "Recall"}
         self.device = torch.device(device)
         self.net = TinyNet(seed).eval().to(self.device)
         digest = hashlib.sha256()

@@ -1,17 +1,9 @@
-"""The `evalkit` command line. Each command lives in its own module and registers on `main`.
+"""The `evalkit` command line. Each command lives in its own module, imported when it is run.
 
-Commands parse options, resolve the device, call the library and translate errors; no math here.
+Commands parse options, create the process context, call the library and translate errors; no math
+here. ``evalkit --help`` and importing this package load no command module (and so no torch).
 """
 
 from evalkit.cli.group import main
-
-# Importing a command module registers its commands on `main`. One line per module.
-from evalkit.cli import info_cmd  # noqa: E402,F401
-from evalkit.cli import score_cmd, features_cmd, weights_cmd, ref_cmd  # noqa: E402,F401
-from evalkit.cli import presets_cmd  # noqa: E402,F401
-from evalkit.cli import report_cmd  # noqa: E402,F401
-from evalkit.cli import sample_cmd  # noqa: E402,F401
-from evalkit.cli import sweep_cmd  # noqa: E402,F401
-from evalkit.cli import refbuild_cmd, demo_cmd  # noqa: E402,F401
 
 __all__ = ["main"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from evalkit.cli.group import main
-from evalkit.cli.score_cmd import distributed, extractor_name, feature_network_options, warnings_to_stderr
-from evalkit.runtime import is_main
+from evalkit.cli.score_cmd import extractor_name, feature_network_options, warnings_to_stderr
 
 
 @main.command("features")
@@ -28,13 +27,15 @@ def features_cmd(batch: str, out: str, device: str, batch_size: int, backend: st
       evalkit features imagenet256 --out ref_features.h5 --backend tf
       torchrun --nproc_per_node=2 -m evalkit features samples.npz --out f.h5
     """
-    from evalkit.evaluate import build_extractor, write_batch_features  # heavy imports after option parsing
+    from evalkit.context import Context  # heavy imports after option parsing
+    from evalkit.evaluate import build_extractor, write_batch_features
+    from evalkit.options import ScoreOptions
 
     name = extractor_name(backend, features_name)
-    with warnings_to_stderr(), distributed(device) as dev:
-        extractor = build_extractor(name, dev, weights_path)
-        shapes = write_batch_features(batch, out, extractor, batch_size=batch_size, cache=not no_cache,
-                                      progress=progress)
-        if is_main():
+    options = ScoreOptions(batch_size=batch_size, cache=not no_cache, progress=progress)
+    with warnings_to_stderr(), Context.create(device) as ctx:
+        extractor = build_extractor(name, ctx, weights_path)
+        shapes = write_batch_features(batch, out, extractor, options, ctx)
+        if ctx.is_main:
             described = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
             click.echo(f"wrote {out}: {described}")

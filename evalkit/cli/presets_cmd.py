@@ -8,7 +8,6 @@ import json
 import click
 
 from evalkit.cli.group import main
-from evalkit.models import preset_num_params
 from evalkit.presets import PRESETS, describe_preset, get_preset
 
 
@@ -46,7 +45,7 @@ def _detail(info: dict) -> str:
 
 
 @main.command("presets")
-@click.argument("name", metavar="NAME", required=False)
+@click.argument("name", metavar="[NAME]", required=False)
 @click.option("--json", "as_json", is_flag=True, default=False, show_default=True,
               help="Print JSON instead of aligned text.")
 def presets_cmd(name: str | None, as_json: bool) -> None:
@@ -59,6 +58,8 @@ def presets_cmd(name: str | None, as_json: bool) -> None:
       evalkit presets 64x64_diffusion
       evalkit presets 256x256_classifier --json
     """
+    from evalkit.models import preset_num_params  # torch: imported when the command runs
+
     names = [get_preset(name).name] if name else list(PRESETS)
     infos = []
     for n in names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from evalkit.cli.group import main
+from evalkit.errors import ConfigError
 
 
 @main.group("ref")
@@ -54,21 +55,29 @@ def list_cmd(show_all: bool) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--force", is_flag=True, default=False, show_default=True,
               help="Download again even if the batch is already in the cache.")
+@click.option("--sha256", "sha256", default=None, metavar="HEX",
+              help="The sha256 the file must have (overrides a pin in $EVALKIT_PINS or the pin file); only "
+                   "with one NAME.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Download progress bar on stderr.")
-def fetch_cmd(names: tuple[str, ...], force: bool, progress: bool) -> None:
+def fetch_cmd(names: tuple[str, ...], force: bool, sha256: str | None, progress: bool) -> None:
     """Download the published batches NAME... (see `evalkit ref list --all`) into the cache and record
-    their sha256. Sizes follow the images: about 2 GB for a 10,000-image 256×256 reference batch,
-    about 39 GB for a 50,000-image 512×512 sample batch.
+    their sha256. No checksum is published for them: a download must match its pin (--sha256,
+    $EVALKIT_PINS, the pin file) when there is one, and hold the image count, resolution and statistics
+    listed for it; otherwise it is deleted. Sizes follow the images: about 2 GB for a 10,000-image
+    256×256 reference batch, about 39 GB for a 50,000-image 512×512 sample batch.
 
     \b
     Examples:
       evalkit ref fetch imagenet256
       evalkit ref fetch imagenet64 admnet_imagenet64
     """
-    from evalkit import refbatches
+    from evalkit import refbatches, weights
 
+    if sha256 is not None and len(names) != 1:
+        raise ConfigError(f"--sha256 applies to one file; got {len(names)} names ({', '.join(names)})")
     for name in names:
-        refbatches.get_batch(name)  # unknown names fail before any download
+        refbatches.get_batch(name)  # unknown names and malformed pins fail before any download
+        weights.pinned_sha256(name, sha256)
     for name in names:
-        path = refbatches.fetch_batch(name, force=force, progress=progress)
+        path = refbatches.fetch_batch(name, force=force, progress=progress, sha256=sha256)
         click.echo(f"{name}: {path} sha256 {refbatches.batch_sha256(name) or '(not recorded)'}")

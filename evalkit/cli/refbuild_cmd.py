@@ -41,11 +41,14 @@ def build_cmd(source: str, out: str, features_name: str, weights_path: str | Non
       evalkit ref build digits.npz --out digits_ref.npz --features digits --subset 1797 --device cpu
       evalkit score samples.npz my_ref.npz
     """
-    from evalkit.refbuild import build_reference, reference_meta  # heavy imports after option parsing
-    from evalkit.runtime import resolve_device
+    from evalkit.context import Context  # heavy imports after option parsing
+    from evalkit.options import ScoreOptions
+    from evalkit.refbuild import build_reference, reference_meta
 
-    path = build_reference(source, out, extractor=features_name, subset=subset, seed=seed, batch_size=batch_size,
-                           device=resolve_device(device), progress=progress, extractor_path=weights_path)
+    with Context.create(device) as ctx:
+        path = build_reference(source, out, extractor=features_name, subset=subset, seed=seed,
+                               options=ScoreOptions(batch_size=batch_size, cache=False, progress=progress), ctx=ctx,
+                               extractor_path=weights_path)
     meta = reference_meta(path) or {}
     click.echo(f"wrote {path}: {meta.get('subset')} of {meta.get('source_num_images')} images in arr_0 "
                f"(seed {seed}), statistics over all {meta.get('source_num_images')} with "

@@ -79,7 +79,8 @@ def baselines_command(image_size: int | None, model: str | None, as_csv: bool) -
 
     from evalkit.baselines import packaged_baselines
     from evalkit.report import format_metric
-    from evalkit.results import METRIC_COLUMNS, metric_label
+    from evalkit.metrics.keys import metric_label
+    from evalkit.results import METRIC_COLUMNS
 
     df = packaged_baselines()
     if image_size is not None:

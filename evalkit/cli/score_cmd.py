@@ -2,12 +2,13 @@
 
 Also defines the options and helpers shared with `evalkit features` (feature network choice, device,
 warnings shown as one line on stderr). Runs under ``torchrun`` too: every rank extracts a slice of the
-features, rank 0 prints and writes.
+features, rank 0 prints and writes. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 import warnings
 from typing import Iterator
@@ -17,7 +18,6 @@ import click
 from evalkit.atomic import atomic_write_text
 from evalkit.cli.group import main
 from evalkit.errors import ConfigError, InputError
-from evalkit.runtime import init_distributed, is_main, resolve_device, shutdown_distributed
 
 TF_EXTRACTOR = "inception-tf"
 
@@ -64,22 +64,11 @@ def warnings_to_stderr() -> Iterator[None]:
         warnings.simplefilter("default")
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if is_main():
+            if os.environ.get("RANK", "0") == "0":  # rank 0 of a torchrun job (or a single process)
                 click.echo(f"warning: {message}", err=True)
 
         warnings.showwarning = show
         yield
-
-
-@contextlib.contextmanager
-def distributed(device_spec: str):
-    """Resolve the device once, join torchrun's process group if launched by it, leave it at the end."""
-    device = resolve_device(device_spec)
-    init_distributed(device)
-    try:
-        yield device
-    finally:
-        shutdown_distributed()
 
 
 @main.command("score")
@@ -91,19 +80,24 @@ def distributed(device_spec: str):
 @feature_network_options
 @click.option("--exact-fid", is_flag=True, default=False, show_default=True,
               help="Use the reference's scipy sqrtm path for FID/sFID (slow) instead of the eigenvalue form.")
+@click.option("--recompute-sample-stats", is_flag=True, default=False, show_default=True,
+              help="Ignore mu/sigma/mu_s/sigma_s stored in SAMPLES and compute them from its images (by "
+                   "default stored statistics are used, as the reference evaluator does).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bars (images/s) on stderr.")
 def score_cmd(samples: str, ref: str, json_out: str | None, device: str, batch_size: int, backend: str,
               features_name: str | None, weights_path: str | None, no_cache: bool, exact_fid: bool,
-              progress: bool) -> None:
+              recompute_sample_stats: bool, progress: bool) -> None:
     """Score the sample batch SAMPLES against the reference batch REF and print, exactly as OpenAI's
     evaluator does, `Inception Score`, `FID`, `sFID`, `Precision` and `Recall` (in that order).
 
     SAMPLES and REF are .npz files (images in arr_0), HDF5 files or image folders; REF may also be a
     reference batch name (imagenet64/128/256/512, lsun_bedroom/cat/horse) fetched with `evalkit ref
-    fetch`. The reference's precomputed statistics are used when it has them. Note the order: samples
-    first (the reference script takes the reference first). With --features other than Inception the
-    labels name the network (e.g. "FD (digits features)"), never FID.
+    fetch`. Statistics stored in either file are used, as the reference evaluator does, when the
+    network that made them is known (OpenAI's files: only with the canonical Inception-2015 weights);
+    otherwise they are recomputed from the images, with a warning. Note the order: samples first (the
+    reference script takes the reference first). With --features other than Inception the labels name
+    the network (e.g. "FD (digits features)"), never FID.
 
     \b
     Examples:
@@ -112,14 +106,17 @@ def score_cmd(samples: str, ref: str, json_out: str | None, device: str, batch_s
       evalkit score samples.npz imagenet256 --backend tf --device cpu
       torchrun --nproc_per_node=4 -m evalkit score samples.npz imagenet256
     """
-    from evalkit.evaluate import build_extractor, evaluate, format_lines  # heavy imports after option parsing
+    from evalkit.context import Context  # heavy imports after option parsing
+    from evalkit.evaluate import build_extractor, evaluate, format_lines
+    from evalkit.options import ScoreOptions
 
     name = extractor_name(backend, features_name)
-    with warnings_to_stderr(), distributed(device) as dev:
-        extractor = build_extractor(name, dev, weights_path)
-        result = evaluate(samples, ref, extractor, batch_size=batch_size, device=dev, cache=not no_cache,
-                          progress=progress, exact_fid=exact_fid)
-        if not is_main():
+    options = ScoreOptions(batch_size=batch_size, cache=not no_cache, progress=progress, exact_fid=exact_fid,
+                           use_sample_stats=not recompute_sample_stats)
+    with warnings_to_stderr(), Context.create(device) as ctx:
+        extractor = build_extractor(name, ctx, weights_path)
+        result = evaluate(samples, ref, extractor, options, ctx)
+        if not ctx.is_main:
             return
         for line in format_lines(result):
             click.echo(line)

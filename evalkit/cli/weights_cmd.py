@@ -56,10 +56,16 @@ def list_cmd(verify: bool) -> None:
               help="Download again even if the file is already in the cache.")
 @click.option("--url", default=None, metavar="URL",
               help="Download from this URL (a mirror) instead of the registered one; only with one NAME.")
+@click.option("--sha256", "sha256", default=None, metavar="HEX",
+              help="The sha256 the file must have (overrides a pin in $EVALKIT_PINS or the pin file); only "
+                   "with one NAME.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Download progress bar on stderr.")
-def fetch_cmd(names: tuple[str, ...], force: bool, url: str | None, progress: bool) -> None:
-    """Download the weights files NAME... (see `evalkit weights list`) into the cache, verifying the
-    sha256 where it is known and recording it. A file already present is verified, not downloaded again.
+def fetch_cmd(names: tuple[str, ...], force: bool, url: str | None, sha256: str | None, progress: bool) -> None:
+    """Download the weights files NAME... (see `evalkit weights list`) into the cache and record their
+    sha256. A download must match its pinned sha256 (--sha256, $EVALKIT_PINS, the pin file) or the
+    published one (OpenAI publishes none; pytorch-fid's file name carries a prefix), and the Inception
+    files must hold the network's tensors with their shapes; otherwise it is deleted. A file already
+    present is checked, not downloaded again.
 
     \b
     Examples:
@@ -69,10 +75,22 @@ def fetch_cmd(names: tuple[str, ...], force: bool, url: str | None, progress: bo
     """
     from evalkit import weights
 
-    if url is not None and len(names) != 1:
-        raise ConfigError(f"--url names one file's mirror; got {len(names)} names ({', '.join(names)})")
+    for option, value in (("--url", url), ("--sha256", sha256)):
+        if value is not None and len(names) != 1:
+            raise ConfigError(f"{option} applies to one file; got {len(names)} names ({', '.join(names)})")
     for name in names:
-        weights.get(name)  # unknown names fail before any download
+        weights.get(name)  # unknown names and malformed pins fail before any download
+        weights.pinned_sha256(name, sha256)
     for name in names:
-        path = weights.fetch(name, force=force, progress=progress, url=url)
-        click.echo(f"{name}: {path} sha256 {weights.recorded_sha256(path) or weights.sha256_file(path)}")
+        path = weights.fetch(name, force=force, progress=progress, url=url, sha256=sha256,
+                             check=_structure_check(name))
+        click.echo(f"{name}: {path} sha256 {weights.file_sha256(path)}")
+
+
+def _structure_check(name: str):
+    """What a download of `name` must hold beyond its hash (the Inception files: the network's tensors)."""
+    if name not in ("inception-pb", "inception-pth"):
+        return None
+    from evalkit.features.convert import load_weights_file  # noqa: PLC0415 (torch, only for these files)
+
+    return lambda path: load_weights_file(path, expect="pb" if name == "inception-pb" else "pth")

@@ -148,7 +148,7 @@ def ensure_reference(path: Path, extractor, progress: bool = True, log: Log = _l
         with NpzWriter(source) as writer:
             writer.append(images, labels)
         build_reference(source, path, extractor=extractor, subset=REFERENCE_SUBSET, seed=REFERENCE_SEED,
-                        batch_size=512, progress=progress)
+                        options=ScoreOptions(batch_size=512, cache=False, progress=progress))
     return path
 
 

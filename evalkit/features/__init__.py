@@ -3,7 +3,6 @@
 from evalkit.features.registry import (  # noqa: F401
     FEATURE_NAMES,
     FeatureExtractor,
-    describe_extractors,
     extractor_names,
     get_extractor,
     register_extractor,

@@ -1,8 +1,8 @@
 """Inception-2015 weights: read the frozen `.pb` graph without TensorFlow, map pytorch-fid's `.pth`, and
 save/load evalkit's own converted file.
 
-The reference evaluator (openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-`evaluations/evaluator.py`) runs `classify_image_graph_def.pb`. Its weights are `Const` nodes of a
+The reference evaluator (``evaluations/evaluator.py`` at ``evalkit.REFERENCE_COMMIT``) runs
+`classify_image_graph_def.pb`. Its weights are `Const` nodes of a
 `GraphDef` protobuf. A GraphDef only needs a few message types, so this module decodes the protobuf wire
 format directly (GraphDef → NodeDef → AttrValue → TensorProto) and TensorFlow is never needed.
 
@@ -14,7 +14,6 @@ sha256), loadable with ``np.load(..., allow_pickle=False)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -26,6 +25,7 @@ import numpy as np
 
 from evalkit.atomic import atomic_path
 from evalkit.errors import WeightsError
+from evalkit.hashing import sha256_bytes, sha256_file
 from evalkit.features import inception_layout as layout
 
 EVALKIT_FORMAT = "evalkit-inception-2015-12-05"
@@ -240,19 +240,6 @@ def parse_graphdef(data: bytes) -> tuple[dict[str, Node], int]:
 # ---------------------------------------------------------------------------------------------
 # Sources → canonical parameter dict
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (evalkit.weights' helper when present, else a local one)."""
-    try:
-        from evalkit.weights import sha256_file as _sha
-    except ImportError:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    return _sha(path)
-
-
 @dataclass
 class InceptionWeights:
     """Canonical Inception-2015 parameters: TF constant name → float32 array in TF layout."""
@@ -342,7 +329,7 @@ def params_from_graphdef(path: str | os.PathLike, data: bytes | None = None) -> 
     if len(epsilons) != 1:
         raise WeightsError(f"{path}: batch-norm epsilons differ between layers ({sorted(epsilons)})")
     params = _check_params(params, path, "graph")
-    sha = hashlib.sha256(data).hexdigest()
+    sha = sha256_bytes(data)
     return InceptionWeights(params, path.name, sha, "pb", epsilons.pop())
 
 
@@ -470,9 +457,12 @@ def sniff_format(path: str | os.PathLike) -> str:
     return "pb"
 
 
-def load_weights_file(path: str | os.PathLike) -> InceptionWeights:
-    """Load Inception-2015 weights from any supported file (evalkit ``.npz``, pytorch-fid ``.pth``, ``.pb``)."""
+def load_weights_file(path: str | os.PathLike, expect: str | None = None) -> InceptionWeights:
+    """Load Inception-2015 weights from any supported file (evalkit ``.npz``, pytorch-fid ``.pth``, ``.pb``),
+    checking every tensor and shape. `expect` ("pb", "pth", "evalkit") refuses a file of another format."""
     kind = sniff_format(path)
+    if expect is not None and kind != expect:
+        raise WeightsError(f"{path}: a {kind} file, expected a {expect} file")
     if kind == "evalkit":
         return load_evalkit(path)
     if kind == "pth":

@@ -8,7 +8,8 @@ Registered as the extractor ``"digits"``. It plays the role Inception-v3 plays f
                        (the same trick the ADM evaluator uses with ``mixed_6/conv``), for the spatial FD;
 * ``logits``  [N, 10]  class logits; their softmax gives the digits Inception Score.
 
-Its numbers are NOT Inception numbers, so they are labelled "FD (digits features)" etc., never "FID".
+Its numbers are NOT Inception numbers, so they are labelled "FD (digits features)" etc., never "FID"
+(``evalkit.metrics.keys.metric_label``).
 The committed weights (``evalkit/data/digits8_features.pt``) are produced by
 ``python scripts/train_digits.py features`` and checked against ``WEIGHTS_SHA256`` on load.
 """
@@ -24,6 +25,7 @@ from torch import nn
 
 from evalkit.errors import BatchFormatError, WeightsError
 from evalkit.features.registry import register_extractor
+from evalkit.hashing import sha256_file
 from evalkit.runtime import no_tf32, resolve_device
 
 WEIGHTS_FILE = "digits8_features.pt"
@@ -67,17 +69,8 @@ def images_to_input(images: np.ndarray | torch.Tensor, device: torch.device | st
 class DigitsExtractor:
     name = "digits"
     feature_dims = {"pool": 64, "spatial": 4 * 4 * SPATIAL_CHANNELS, "logits": 10}
-    metric_labels = {
-        "inception_score": "IS (digits classifier)",
-        "fid": "FD (digits features)",
-        "sfid": "sFD (digits features)",
-        "precision": "Precision (digits features)",
-        "recall": "Recall (digits features)",
-    }
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu") -> None:
-        from evalkit.weights import sha256_file  # noqa: PLC0415 (weights is a foundation module)
-
         self.device = resolve_device(device)
         if path is None:
             with resources.as_file(resources.files("evalkit.data").joinpath(WEIGHTS_FILE)) as p:

@@ -1,9 +1,8 @@
 """PyTorch port of the 2015 Inception-v3 graph used by OpenAI's ADM evaluator.
 
-Reference: openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-`evaluations/evaluator.py`, which runs `classify_image_graph_def.pb` from `ExpandDims:0` and fetches
-`pool_3:0`, `mixed_6/conv:0[..., :7]` and `pool_3 @ W` (W = input #1 of `softmax/logits/MatMul`, no bias).
-What this port reproduces (evaluator spec §3, §10):
+The reference evaluator (``evaluations/evaluator.py`` at ``evalkit.REFERENCE_COMMIT``) runs
+`classify_image_graph_def.pb` from `ExpandDims:0` and fetches `pool_3:0`, `mixed_6/conv:0[..., :7]` and
+`pool_3 @ W` (W = input #1 of `softmax/logits/MatMul`, no bias). What this port reproduces:
 
 * uint8 → float32 → TF1 legacy bilinear resize to 299×299 of the raw 0..255 values → ``(x - 128) / 128``;
 * every conv is conv (no bias) → batch-norm (ε from the graph, 0.001) → ReLU. Batch-norm is folded into
@@ -33,8 +32,6 @@ from evalkit.runtime import no_tf32, resolve_device
 
 RESIZE_MODE = "tf1-legacy-bilinear"
 CONVERTED_CACHE_NAME = "inception-2015-12-05.evalkit.npz"
-METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score",
-                 "precision": "Precision", "recall": "Recall"}
 FEATURE_DIMS = {"pool": layout.POOL_DIM, "spatial": layout.SPATIAL_DIM, "logits": layout.NUM_CLASSES}
 
 
@@ -198,7 +195,6 @@ class InceptionExtractor:
     name = "inception"
     backend = "torch"
     feature_dims = dict(FEATURE_DIMS)
-    metric_labels = dict(METRIC_LABELS)
 
     def __init__(self, weights: InceptionWeights, device: str | torch.device = "cpu", batch_size: int = 64):
         self.device = resolve_device(device)

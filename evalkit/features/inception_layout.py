@@ -4,8 +4,7 @@ Single source of truth shared by the torch port (`inception.py`), the weight con
 the random-weight GraphDef builder of the tests. Each conv unit of the graph is a name scope holding
 ``conv2d_params`` ([kh, kw, in, out]), ``Conv2D``, ``batchnorm`` (BatchNormWithGlobalNormalization with
 ``beta``, ``gamma``, ``moving_mean``, ``moving_variance``) and a ``Relu`` named as the scope itself.
-Block correspondence with torchvision/pytorch-fid names follows evaluator spec §3.6
-(``mixed``→Mixed_5b … ``mixed_10``→Mixed_7c).
+Blocks map to torchvision/pytorch-fid names in order (``mixed``→Mixed_5b … ``mixed_10``→Mixed_7c).
 """
 
 from __future__ import annotations

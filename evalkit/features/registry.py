@@ -14,8 +14,6 @@ register it::
     class MyExtractor:
         name = "my-net"
         feature_dims = {"pool": 512, "spatial": 256, "logits": 10}
-        metric_labels = {"fid": "FD (my-net)", "sfid": "sFD (my-net)", "inception_score": "IS (my-net)",
-                         "precision": "Precision (my-net)", "recall": "Recall (my-net)"}
         def identity(self):      # everything that changes the numbers; becomes part of cache keys
             return {"name": self.name, "weights_sha256": "...", "backend": "torch"}
         def __call__(self, images):   # uint8 [N, H, W, 3] numpy -> dict of float32 numpy arrays
@@ -23,7 +21,7 @@ register it::
 
     register_extractor("my-net", lambda device="cpu", **kw: MyExtractor())
 
-Then ``evalkit score --features my-net ...``.
+Then ``evalkit score --features my-net ...``; its numbers are labelled "FD (my-net features)" etc.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ FEATURE_NAMES = ("pool", "spatial", "logits")
 class FeatureExtractor(Protocol):
     name: str
     feature_dims: dict[str, int]
-    metric_labels: dict[str, str]
 
     def identity(self) -> dict: ...
 
@@ -51,7 +48,6 @@ class FeatureExtractor(Protocol):
 ExtractorFactory = Callable[..., FeatureExtractor]
 
 _EXTRACTORS: dict[str, ExtractorFactory] = {}
-_DESCRIPTIONS: dict[str, str] = {}
 
 
 def register_extractor(name: str, factory: ExtractorFactory, description: str = "") -> None:
@@ -61,15 +57,10 @@ def register_extractor(name: str, factory: ExtractorFactory, description: str = 
     if name in _EXTRACTORS:
         raise ValueError(f"extractor {name!r} is already registered")
     _EXTRACTORS[name] = factory
-    _DESCRIPTIONS[name] = description
 
 
 def extractor_names() -> list[str]:
     return sorted(_EXTRACTORS)
-
-
-def describe_extractors() -> dict[str, str]:
-    return {n: _DESCRIPTIONS[n] for n in extractor_names()}
 
 
 def get_extractor(name: str, **options) -> FeatureExtractor:

@@ -1,7 +1,6 @@
 """TF1 legacy bilinear resize, as performed by the `ResizeBilinear` node of the 2015 Inception graph.
 
-Reference: openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-`evaluations/evaluator.py` feeds raw [0, 255] float32 images into `ExpandDims:0`, so they pass
+The reference evaluator (``evaluations/evaluator.py`` at ``evalkit.REFERENCE_COMMIT``) feeds raw [0, 255] float32 images into `ExpandDims:0`, so they pass
 through the graph's `ResizeBilinear` (align_corners=False, no half_pixel_centers attribute, so the
 legacy TF1 convention): ``src = dst * (in / out)`` with no half-pixel offsets, no antialiasing.
 This is NOT ``torch.nn.functional.interpolate(mode="bilinear")``, which uses half-pixel centres.

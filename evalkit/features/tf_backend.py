@@ -1,7 +1,6 @@
 """TensorFlow reference backend: runs `classify_image_graph_def.pb` exactly as OpenAI's evaluator does.
 
-Reference: openai/guided-diffusion commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-`evaluations/evaluator.py`: the graph is imported through `tf.compat.v1` with
+As ``evaluations/evaluator.py`` (at ``evalkit.REFERENCE_COMMIT``) does, the graph is imported through `tf.compat.v1` with
 ``input_map={"ExpandDims:0": float32 placeholder [None, None, None, 3]}`` (raw 0..255 values), the features
 are ``pool_3:0`` and ``mixed_6/conv:0[..., :7]``, and a second import of the same graph provides the
 softmax weight (input #1 of op ``softmax/logits/MatMul``) for ``logits = pool @ W`` without bias.
@@ -16,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from evalkit.errors import ConfigError, WeightsError
-from evalkit.features.convert import REQUIRED_NODES, sha256_file
-from evalkit.features.inception import FEATURE_DIMS, METRIC_LABELS, RESIZE_MODE, check_images
+from evalkit.features.convert import REQUIRED_NODES
+from evalkit.features.inception import FEATURE_DIMS, RESIZE_MODE, check_images
+from evalkit.hashing import sha256_file
 from evalkit.features import inception_layout as layout
 
 
@@ -40,7 +40,6 @@ class TFInceptionExtractor:
     name = "inception-tf"
     backend = "tf"
     feature_dims = dict(FEATURE_DIMS)
-    metric_labels = dict(METRIC_LABELS)
 
     def __init__(self, path: str | os.PathLike | None = None, batch_size: int = 64):
         tf = _import_tf()

@@ -41,7 +41,6 @@ to "highest" while the filter runs, and a spot check compares G with float64 on 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 

@@ -1,8 +1,7 @@
 """Feature statistics and the Fréchet distance (FID on pool features, sFID on spatial features).
 
-Reference: openai/guided-diffusion, commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-``evaluations/evaluator.py`` (``FIDStatistics.frechet_distance`` and ``Evaluator.compute_statistics``).
-See ``shared/spec/evaluator.md`` §6–§7 for what that code computes; this module re-implements it.
+Re-implements ``FIDStatistics.frechet_distance`` and ``Evaluator.compute_statistics`` of the reference
+evaluator (``evaluations/evaluator.py`` at ``evalkit.REFERENCE_COMMIT``).
 
 * ``feature_statistics``: mu is the float32 mean of float32 features (numpy's row-by-row reduction),
   sigma is ``np.cov(rowvar=False)`` in float64 with 1/(N-1), exactly as the reference.

@@ -1,7 +1,7 @@
 """Inception Score from class probabilities, with the ADM evaluator's splits and float32 arithmetic.
 
-Reference: openai/guided-diffusion, commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-``evaluations/evaluator.py`` (``Evaluator.compute_inception_score``; spec: shared/spec/evaluator.md §8).
+Re-implements ``Evaluator.compute_inception_score`` of the reference evaluator
+(``evaluations/evaluator.py`` at ``evalkit.REFERENCE_COMMIT``).
 The probabilities are ``softmax(pool_features @ W)`` over the graph's 1008 classes, without bias; the
 logits themselves come from the feature extractor.
 """

@@ -2,8 +2,8 @@
 
 ``open_batch(path)`` streams images from an npz (``arr_0`` N×H×W×3 uint8, optional ``arr_1`` labels and
 precomputed ``mu``/``sigma``/``mu_s``/``sigma_s``), an image folder or an HDF5 file; ``NpzWriter`` and
-``write_npz`` write npz files the reference evaluator (openai/guided-diffusion commit
-22e0df8183507e13a7813f8d38d51b072ca1e67c, ``evaluations/evaluator.py``) reads unchanged.
+``write_npz`` write npz files the reference evaluator reads unchanged; ``evalkit.store.meta`` records
+how evalkit built a reference.
 """
 
 from evalkit.store.readers import (
@@ -15,16 +15,22 @@ from evalkit.store.readers import (
     describe_batch,
     open_batch,
 )
+from evalkit.store.meta import META_KEY, decode_meta, encode_meta, reference_meta, statistics_network
 from evalkit.store.writer import NpzWriter, write_npz
 
 __all__ = [
+    "META_KEY",
     "STAT_KEYS",
     "BatchReader",
     "FolderReader",
     "Hdf5Reader",
     "NpzReader",
     "NpzWriter",
+    "decode_meta",
     "describe_batch",
+    "encode_meta",
     "open_batch",
+    "reference_meta",
+    "statistics_network",
     "write_npz",
 ]

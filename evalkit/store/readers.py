@@ -1,7 +1,7 @@
 """Read sample and reference batches (npz, image folders, HDF5) batch by batch as uint8 NHWC arrays.
 
-The npz layout is guided-diffusion's (commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-``evaluations/evaluator.py`` and ``scripts/image_sample.py``): ``arr_0`` N×H×W×3 uint8 images in file order,
+The npz layout is guided-diffusion's (``evaluations/evaluator.py`` and ``scripts/image_sample.py`` at
+``evalkit.REFERENCE_COMMIT``): ``arr_0`` N×H×W×3 uint8 images in file order,
 optional ``arr_1`` int64 labels, optional precomputed statistics ``mu``/``sigma``/``mu_s``/``sigma_s``.
 ``arr_0`` is streamed from the zip member exactly as the reference's ``NpzArrayReader`` does (parse the
 ``.npy`` header, then read ``batch * prod(shape[1:]) * itemsize`` bytes per batch), so a 39 GB batch never
@@ -17,7 +17,6 @@ as it is read (so a bad value deep in a 50,000-image file is still caught, namin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import warnings
@@ -28,6 +27,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from evalkit.errors import BatchFormatError
+from evalkit.hashing import sha256_chunks, sha256_file
 from evalkit.store._npy import NpyHeader, NpyHeaderError, read_npy_header
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -35,7 +35,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-_CHUNK = 1 << 20  # bytes per read when hashing
 _PROBE_BYTES = 16 << 20  # how much of a non-uint8 arr_0 to check when opening
 _FLOAT_HINT = (
     "convert samples in [-1, 1] as the reference sampler does: "
@@ -127,8 +126,8 @@ class BatchReader:
     def _load_array(self, name: str) -> np.ndarray:
         raise NotImplementedError
 
-    def _hash_update(self, h) -> None:
-        raise NotImplementedError
+    def _content_sha256(self) -> str:
+        return sha256_file(self.path)
 
     @property
     def file_size(self) -> int:
@@ -220,9 +219,7 @@ class BatchReader:
     def content_hash(self) -> str:
         """sha256 hex digest of the file bytes (folder: of sorted names and bytes); streamed, then cached."""
         if self._hash is None:
-            h = hashlib.sha256()
-            self._hash_update(h)
-            self._hash = h.hexdigest()
+            self._hash = self._content_sha256()
         return self._hash
 
     def close(self) -> None:
@@ -237,12 +234,6 @@ class BatchReader:
     def __repr__(self) -> str:
         h, w, c = self.image_shape
         return f"<{type(self).__name__} {self.path} {self.num_images}×{h}×{w}×{c}>"
-
-
-def _hash_file(path: Path, h) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
 
 
 class NpzReader(BatchReader):
@@ -369,9 +360,6 @@ class NpzReader(BatchReader):
                 yield out
                 pos += n
 
-    def _hash_update(self, h) -> None:
-        _hash_file(self.path, h)
-
     def close(self) -> None:
         self._zip.close()
 
@@ -434,9 +422,6 @@ class Hdf5Reader(BatchReader):
                 yield self._images[pos:min(pos + batch_size, stop)]
             except OSError as exc:
                 raise BatchFormatError(f"{self.path}: images {pos}.. cannot be read ({exc})") from exc
-
-    def _hash_update(self, h) -> None:
-        _hash_file(self.path, h)
 
     def close(self) -> None:
         self._file.close()
@@ -511,11 +496,16 @@ class FolderReader(BatchReader):
                 out[i] = self._decode(p)
             yield out
 
-    def _hash_update(self, h) -> None:
+    def _content_sha256(self) -> str:
+        return sha256_chunks(self._hashed_bytes())
+
+    def _hashed_bytes(self) -> Iterator[bytes]:
+        """Per image file: name length, name, size (8-byte little-endian ints), then its bytes."""
         for p in self._files:
             name = p.name.encode("utf8")
-            h.update(len(name).to_bytes(8, "little") + name + p.stat().st_size.to_bytes(8, "little"))
-            _hash_file(p, h)
+            yield len(name).to_bytes(8, "little") + name + p.stat().st_size.to_bytes(8, "little")
+            with open(p, "rb") as f:
+                yield from iter(lambda: f.read(1 << 20), b"")
 
 
 def open_batch(path: str | os.PathLike) -> BatchReader:

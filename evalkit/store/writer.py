@@ -1,8 +1,7 @@
 """Write evaluator-compatible npz batches incrementally, never holding all images in memory.
 
 The file is a zip with an uncompressed (stored) ``arr_0.npy`` member, like ``np.savez`` writes and
-guided-diffusion's sampling scripts produce (commit 22e0df8183507e13a7813f8d38d51b072ca1e67c,
-``scripts/image_sample.py``), so ``np.load`` and the reference evaluator read it. Images stream straight
+guided-diffusion's sampling scripts produce (``scripts/image_sample.py`` at ``evalkit.REFERENCE_COMMIT``), so ``np.load`` and the reference evaluator read it. Images stream straight
 into the zip member behind a ``.npy`` header reserved for a large placeholder count; at close the header is
 overwritten in place with the real count (same byte length, space padded) and the member CRC-32 is
 recomputed from the header's CRC and the running CRC of the image bytes (``crc32_combine``). The member is
