@@ -466,7 +466,8 @@ def test_failed_claim_leaves_no_directory(tmp_path):
 FEATURES_JOB = """
     import numpy as np
     import tiny_extractor
-    from evalkit.evaluate import build_extractor, compute_features
+    from evalkit.extract import build_extractor, compute_features
+    from evalkit.options import ScoreOptions
     ex = build_extractor("tiny-test", "cpu")
     call = type(ex).__call__
     def slow(self, images):
@@ -474,7 +475,7 @@ FEATURES_JOB = """
         return call(self, images)
     type(ex).__call__ = slow
     start_line()
-    feats = compute_features({batch!r}, ex, batch_size=10, progress=False)
+    feats = compute_features({batch!r}, ex, ScoreOptions(batch_size=10, progress=False))
     print(tiny_extractor.CALLS.get("tiny-test", 0), float(np.abs(feats["pool"]).sum()))
 """
 
