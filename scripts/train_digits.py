@@ -4,7 +4,8 @@
     python scripts/train_digits.py features      # the digits feature network (≈ 1 min)
     python scripts/train_digits.py diffusion     # class-conditional ADM UNet, hybrid loss, EMA
     python scripts/train_digits.py classifier    # noisy classifier for guidance
-    python scripts/train_digits.py biggan        # class-conditional BigGAN-deep generator (hinge loss, EMA)
+    python scripts/train_digits.py biggan        # class-conditional BigGAN-deep generator (hinge loss, EMA;
+                                                 #   ≈ 12 min with --threads 1, which is faster on a busy machine)
     python scripts/train_digits.py all           # the four, in that order
     python scripts/train_digits.py verify        # sample + score the guidance tradeoff of the committed weights
     python scripts/train_digits.py verify-biggan # sample + score the truncation tradeoff of the BigGAN

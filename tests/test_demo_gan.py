@@ -206,3 +206,23 @@ def test_train_biggan_smoke_is_seeded():
     s1, s2 = g1.state_dict(), g2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not torch.equal(s1["generator.layers.1.bn_0.running_vars"][3], torch.ones(32))
+
+
+def test_truncation_trades_recall_for_precision(loaded):
+    """The tradeoff ``scripts/train_digits.py verify-biggan`` shows, at its settings (500 samples per
+    truncation, seed 0, digits features, k = 3): at truncation 0.2 precision and IS are higher and
+    recall far lower than at 1.0. The samples are fixed by the seed, so only float noise in the
+    features moves the numbers; the margins asserted are several times that (recall differs by > 0.2)."""
+    import evalkit.features.digits  # noqa: F401  (registers the "digits" extractor)
+    from evalkit.demo.data import digits_images
+    from evalkit.features.registry import get_extractor
+    from evalkit.metrics import inception_score, precision_recall, softmax
+
+    extractor = get_extractor("digits")
+    ref = extractor(digits_images()[0])["pool"]
+    out = {}
+    for t in (0.2, 1.0):
+        f = extractor(sample_biggan(loaded.module, t, 500, seed=0)[0])
+        out[t] = (inception_score(softmax(f["logits"])), *precision_recall(ref, f["pool"], k=3))
+    (is_lo, p_lo, r_lo), (is_hi, p_hi, r_hi) = out[0.2], out[1.0]
+    assert p_lo > p_hi + 0.02 and r_lo < r_hi - 0.2 and is_lo > is_hi, out

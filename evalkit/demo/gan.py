@@ -6,6 +6,17 @@ code that runs the TF-Hub BigGAN-deep conversions, in a small config, trained by
 ship in ``evalkit/data/`` and are checked against the preset's sha256 on load. Sweeping its
 truncation (``DEFAULT_TRUNCATIONS``) next to the digits ADM's guidance scale reproduces the
 guidance-vs-truncation comparison of Dhariwal & Nichol 2021 on the demo's scale.
+
+The bundled weights (``train_biggan`` defaults, seed 0, ``--threads 1``, torch 2.13 CPU) give, by
+``python scripts/train_digits.py verify-biggan`` (500 samples per truncation, seed 0, against the
+1797 real digits, digits features; 500 real digits score IS 8.1, FD 0.3-1.0, P 1.00, R 0.95):
+
+    truncation  IS     FD     sFD     precision  recall
+    0.2         9.670  5.133  33.815  0.980      0.011
+    0.4         9.578  3.414  20.817  0.988      0.156
+    0.6         9.451  2.206  12.954  0.980      0.396
+    0.8         9.216  1.337   8.420  0.960      0.609
+    1.0         8.815  0.863   5.725  0.910      0.780
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Donahue & Simonyan 2019, §3 and appendix), written here from the paper:
   (``torch.nn.utils.parametrizations.spectral_norm``), residual blocks with average-pool downsampling;
 * hinge loss: ``D: relu(1 - D(x, y)) + relu(1 + D(G(z, y'), y'))``, ``G: -D(G(z, y'), y')``, with
   ``z ~ N(0, I)`` (no truncation while training) and ``y'`` uniform over the 10 classes;
-* Adam with betas (0, 0.999), several D steps per G step, an exponential moving average of G's weights;
+* Adam with betas (0, 0.999), one or two D steps per G step, an exponential moving average of G's weights;
 * after training, the EMA generator's spectral norms are re-estimated by power iteration on its own
   weights, and its per-truncation batch-norm rows are filled with **standing statistics**
   (:func:`fill_standing_statistics`): for each grid truncation ``t_k = k / (n_stats - 1)`` the
@@ -161,15 +161,16 @@ def fill_standing_statistics(model: BigGANDeep, batches: int = 16, batch_size: i
     return model
 
 
-def train_biggan(config: BigGANConfig = DIGITS_BIGGAN_CONFIG, steps: int = 1200, batch_size: int = 64,
-                 lr_g: float = 2e-4, lr_d: float = 2e-4, d_steps: int = 2, d_channels: int = 32,
-                 ema_decay: float = 0.999, ema_start: int = 200, seed: int = 0,
+def train_biggan(config: BigGANConfig = DIGITS_BIGGAN_CONFIG, steps: int = 3000, batch_size: int = 64,
+                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.999),
+                 d_steps: int = 1, d_channels: int = 32,
+                 ema_decay: float = 0.995, ema_start: int = 500, seed: int = 0,
                  standing_batches: int = 16, standing_batch_size: int = 256,
                  log: Callable[[str], None] | None = print) -> tuple[BigGANDeep, dict]:
     """Train a class-conditional BigGAN-deep generator on all 1797 digits (hinge loss, projection D).
 
     Each of ``steps`` generator steps follows ``d_steps`` discriminator steps (each on a fresh real
-    batch and fresh fakes). Adam(betas (0, 0.999)) for both nets. The EMA of G's weights (decay
+    batch and fresh fakes). Adam(``betas``) for both nets. The EMA of G's weights (decay
     ``ema_decay``, a plain copy before ``ema_start``) is returned, in eval mode, after
     :func:`estimate_spectral_norms` and :func:`fill_standing_statistics`; ``info`` records the settings
     and running losses.
@@ -182,8 +183,8 @@ def train_biggan(config: BigGANConfig = DIGITS_BIGGAN_CONFIG, steps: int = 1200,
     ema = copy.deepcopy(g).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=(0.0, 0.999), eps=1e-6)
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=(0.0, 0.999), eps=1e-6)
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr_g, betas=betas, eps=1e-6)
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas, eps=1e-6)
 
     def fakes() -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(batch_size, config.z_dim, generator=gen)
@@ -217,8 +218,8 @@ def train_biggan(config: BigGANConfig = DIGITS_BIGGAN_CONFIG, steps: int = 1200,
     fill_standing_statistics(ema, batches=standing_batches, batch_size=standing_batch_size, seed=seed + 1,
                              log=log)
     ema.fold()
-    info = {"steps": steps, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d, "d_steps": d_steps,
-            "d_channels": d_channels, "ema_decay": ema_decay, "ema_start": ema_start, "seed": seed,
+    info = {"steps": steps, "batch_size": batch_size, "lr_g": lr_g, "lr_d": lr_d, "betas": list(betas),
+            "d_steps": d_steps, "d_channels": d_channels, "ema_decay": ema_decay, "ema_start": ema_start, "seed": seed,
             "standing_batches": standing_batches, "standing_batch_size": standing_batch_size,
             "final_d_loss": run_d, "final_g_loss": run_g, "config": config.to_dict()}
     return ema, info
