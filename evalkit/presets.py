@@ -320,3 +320,13 @@ for _size in (128, 256, 512):
         config=f"biggan-deep-{_size}-config", dataset=_IMAGENET,
         description=f"BigGAN-deep {_size}x{_size} (Brock et al. 2019), TF-Hub deepmind/biggan-deep-{_size}/1 as "
                     f"converted by pytorch-pretrained-biggan 0.1.1."))
+
+# The demo's BigGAN-deep (``evalkit.demo.gan``): the same BigGANDeep code in a small 8x8 config, trained on
+# the bundled digits by ``scripts/train_digits.py biggan``; weights and config ship in evalkit/data/.
+DIGITS_BIGGAN_PRESET = register_biggan_preset(BigGANPreset(
+    name="digits8_biggan", image_size=8, weights="digits8_biggan.pt", config="digits8_biggan-config.json",
+    num_classes=10, dim_z=32, truncations=(0.2, 0.4, 0.6, 0.8, 1.0), bundled=True,
+    sha256="b94f953a1fe84046d7106fe5b3ced3774bf00aaaa115133def6c4ae7c888d575",
+    config_sha256="0e8bdbd3cf53fe974e57e15c78bcffebe40cdde7ea5d3db6fc17682e71340c78", dataset=_DIGITS,
+    description="Demo: class-conditional BigGAN-deep 8x8 trained on the bundled digits (hinge loss, projection "
+                "discriminator, EMA, standing statistics per truncation; scripts/train_digits.py biggan)."))

@@ -36,14 +36,29 @@ DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 def bundled_weights_path(name: str | Preset) -> Path:
     """Path of the weights file bundled with evalkit for a digits preset (``Preset.weights``)."""
-    preset = name if isinstance(name, Preset) else _preset(name)
+    preset = name if not isinstance(name, str) else _preset(name)
     if preset.weights is None:
         raise WeightsError(f"preset {preset.name} has no bundled weights file")
-    path = Path(str(resources.files("evalkit.data").joinpath(preset.weights)))
+    return bundled_file(preset.weights, preset.name)
+
+
+def bundled_file(filename: str, preset_name: str) -> Path:
+    """Path of a file bundled with evalkit under evalkit/data/ for preset ``preset_name``; WeightsError if absent."""
+    path = Path(str(resources.files("evalkit.data").joinpath(filename)))
     if not path.is_file():
-        raise WeightsError(f"bundled weights {path} for preset {preset.name} are missing; reinstall evalkit or "
+        raise WeightsError(f"bundled weights {path} for preset {preset_name} are missing; reinstall evalkit or "
                            f"retrain them with `python scripts/train_digits.py all`")
     return path
+
+
+def check_sha256(path: Path, expected: str, preset_name: str) -> None:
+    """Raise WeightsError unless the file at ``path`` has sha256 ``expected`` (preset ``preset_name``'s)."""
+    from evalkit.hashing import sha256_file
+
+    found = sha256_file(path)
+    if found != expected:
+        raise WeightsError(f"{path}: sha256 {found} does not match the expected {expected} of preset "
+                           f"{preset_name}; reinstall evalkit or retrain with scripts/train_digits.py")
 
 
 def _preset(name: str) -> Preset:
@@ -61,15 +76,11 @@ def load_digits_model(name: str | Preset, device: str | torch.device = "cpu"):
     Raises WeightsError for a missing file or a sha256 mismatch, CheckpointError for wrong keys/shapes.
     """
     from evalkit.checkpoints import load_checkpoint
-    from evalkit.hashing import sha256_file
 
     preset = name if isinstance(name, Preset) else _preset(name)
     path = bundled_weights_path(preset)
     if preset.sha256 is not None:
-        found = sha256_file(path)
-        if found != preset.sha256:
-            raise WeightsError(f"{path}: sha256 {found} does not match the expected {preset.sha256} of preset "
-                               f"{preset.name}; reinstall evalkit or retrain with scripts/train_digits.py")
+        check_sha256(path, preset.sha256, preset.name)
     return load_checkpoint(path, preset=preset, device=device)
 
 
