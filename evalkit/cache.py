@@ -94,7 +94,7 @@ def load_cached(key: dict, claim: bool = True) -> dict[str, np.ndarray] | None:
     found = _load(path, key)
     if found is not None or not claim or str(path) in _claims:
         return found
-    lock = FileLock(cache_lock_path("features", path), what=f"feature cache entry {path.name}",
+    lock = FileLock(cache_lock_path("features", path, cache_dir()), what=f"feature cache entry {path.name}",
                     on_wait=note_waiting(f"features another job is computing ({path.name})"))
     if not try_acquire(lock):
         return None

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import functools
-import inspect
 import json
 import os
 import socket
@@ -51,7 +49,7 @@ except ImportError:  # Windows: no flock (see the module docstring)
     fcntl = None  # type: ignore[assignment]
 
 from evalkit.errors import LockError
-from evalkit.hashing import sha256_bytes, sha256_file
+from evalkit.hashing import sha256_bytes
 
 NO_LOCKS_ENV = "EVALKIT_NO_LOCKS"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
@@ -343,18 +341,16 @@ def note_waiting(what: str) -> Callable[[Holder | None], None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Locks of cache entries (features, downloads): in one folder, ``cache_dir()/locks``
+# Locks of cache entries (features, downloads): in one folder, ``<cache root>/locks``
 
-def cache_lock_path(kind: str, target: str | os.PathLike) -> Path:
-    """Lock file guarding `target`: ``cache_dir()/locks/<kind>-<name>.lock``.
+def cache_lock_path(kind: str, target: str | os.PathLike, cache_root: str | os.PathLike) -> Path:
+    """Lock file guarding `target`: ``<cache_root>/locks/<kind>-<name>.lock``.
 
-    `name` is `target`'s path relative to the cache folder when it lies inside it (so nodes that mount
+    `name` is `target`'s path relative to `cache_root` when it lies inside it (so nodes that mount
     a shared cache at different paths agree), else a hash of its real path plus its file name. The
     lock files stay out of the folders they guard, whose listings are then unchanged.
     """
-    from evalkit.weights import cache_dir  # weights imports this module
-
-    root = Path(os.path.realpath(cache_dir()))
+    root = Path(os.path.realpath(cache_root))
     real = Path(os.path.realpath(target))
     try:
         name = "--".join(real.relative_to(root).parts)
@@ -374,45 +370,3 @@ def try_acquire(lock: FileLock) -> bool:
     except LockError as exc:
         warnings.warn(f"{exc}; going on without the lock", stacklevel=3)
         return False
-
-
-def _stat(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def one_download_at_a_time(download: Callable[..., str]) -> Callable[..., str]:
-    """Decorator for ``download(url, dest, *, sha256, sha256_prefix, ...) -> sha256``: one process at a time.
-
-    Every call holds ``cache_lock_path("download", dest)`` while it downloads. A call that had to wait
-    and finds that `dest` appeared (or was replaced) meanwhile, with a sha256 matching the expected
-    one (when one is given), returns that sha256 instead of downloading the file again.
-    """
-    signature = inspect.signature(download)
-
-    @functools.wraps(download)
-    def wrapper(*args, **kwargs) -> str:
-        from evalkit.weights import check_sha256, recorded_sha256  # weights imports this module
-
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        dest = Path(bound.arguments["dest"])
-        before = _stat(dest)
-        lock = FileLock(cache_lock_path("download", dest), what=f"download of {dest}",
-                        on_wait=note_waiting(f"{dest.name}, which another process is downloading"))
-        locked = try_acquire(lock)
-        try:
-            after = _stat(dest)
-            if locked and lock.waited and after is not None and after != before:
-                digest = recorded_sha256(dest) or sha256_file(dest)
-                if check_sha256(digest, bound.arguments.get("sha256"),
-                                           bound.arguments.get("sha256_prefix")):
-                    return digest
-            return download(*args, **kwargs)
-        finally:
-            lock.release()
-
-    return wrapper

@@ -17,7 +17,9 @@ the file. A file whose sha256 differs from its pin is refused.
 from __future__ import annotations
 
 import datetime
+import functools
 import http.client
+import inspect
 import json
 import os
 import socket
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from evalkit import __version__
 from evalkit.atomic import atomic_path, atomic_write_text
 from evalkit.errors import ConfigError, EvalkitError, WeightsError
-from evalkit.locks import one_download_at_a_time
+from evalkit.locks import FileLock, cache_lock_path, note_waiting, try_acquire
 from evalkit.hashing import sha256_chunks, sha256_file
 from evalkit.presets import URL_BASE
 
@@ -301,6 +303,46 @@ def check_sha256(found: str, sha256: str | None, sha256_prefix: str | None) -> b
 
 # ---------------------------------------------------------------------------------------------
 # Download
+
+def _stat(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def one_download_at_a_time(download: Callable[..., str]) -> Callable[..., str]:
+    """Decorator for ``download(url, dest, *, sha256, sha256_prefix, ...) -> sha256``: one process at a time.
+
+    Every call holds ``cache_lock_path("download", dest)`` while it downloads. A call that had to wait
+    and finds that `dest` appeared (or was replaced) meanwhile, with a sha256 matching the expected
+    one (when one is given), returns that sha256 instead of downloading the file again.
+    """
+    signature = inspect.signature(download)
+
+    @functools.wraps(download)
+    def wrapper(*args, **kwargs) -> str:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        dest = Path(bound.arguments["dest"])
+        before = _stat(dest)
+        lock = FileLock(cache_lock_path("download", dest, cache_dir()), what=f"download of {dest}",
+                        on_wait=note_waiting(f"{dest.name}, which another process is downloading"))
+        locked = try_acquire(lock)
+        try:
+            after = _stat(dest)
+            if locked and lock.waited and after is not None and after != before:
+                digest = recorded_sha256(dest) or sha256_file(dest)
+                if check_sha256(digest, bound.arguments.get("sha256"),
+                                           bound.arguments.get("sha256_prefix")):
+                    return digest
+            return download(*args, **kwargs)
+        finally:
+            lock.release()
+
+    return wrapper
+
 
 @one_download_at_a_time  # two jobs fetching one file: one downloads, the other waits and reuses it
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sha256_prefix: str | None = None,

@@ -71,7 +71,7 @@ def sample_biggan(model: BigGANDeep, truncation: float, num_samples: int, seed: 
     Returns (uint8 images [N, R, R, 3] by ``evalkit.diffusion.to_uint8``, int64 labels [N]).
     ``progress(n_done)`` is called after each batch. Raises ConfigError for a truncation outside (0, 1].
     """
-    from evalkit.diffusion import to_uint8
+    from evalkit.diffusion import samples_to_uint8
 
     truncation = check_truncation(truncation)
     cfg = model.config
@@ -80,7 +80,7 @@ def sample_biggan(model: BigGANDeep, truncation: float, num_samples: int, seed: 
     for s in range(start, start + num_samples, batch_size):
         idx = range(s, min(s + batch_size, start + num_samples))
         z, y = biggan_latents(seed, idx, truncation, classes, cfg.num_classes, cfg.z_dim)
-        images.append(to_uint8(model(z.to(device), y.to(device), truncation)))
+        images.append(samples_to_uint8(model(z.to(device), y.to(device), truncation)))
         labels.append(y.numpy())
         if progress is not None:
             progress(idx.stop - start)
