@@ -89,12 +89,17 @@ def sample_request(kw: dict, **overrides):
         return make_biggan_request(BigGANArgs.from_kwargs(kw, **overrides))
     from evalkit.sampling.request import SampleArgs, make_request
 
+    refuse_gan_options(kw)
+    return make_request(SampleArgs.from_kwargs(kw, **overrides))
+
+
+def refuse_gan_options(kw: dict) -> None:
+    """ConfigError naming the GAN-only options given to a diffusion model (none given: nothing)."""
     bad = given_options(GAN_ONLY)
     if bad:
         what = (kw.get("preset") or "--model-flags") if (kw.get("preset") or kw.get("model_flags")) else "this model"
         raise ConfigError(f"{', '.join(bad)}: GAN option(s) given to {what}, a diffusion model; truncation "
                           f"applies to BigGAN-deep presets (guide a diffusion model with --classifier-scale)")
-    return make_request(SampleArgs.from_kwargs(kw, **overrides))
 
 
 def _common_run_options(func):

@@ -12,7 +12,8 @@ import json
 import click
 
 from evalkit.cli.group import main
-from evalkit.cli.sample_cmd import dry_run_device, run_options, sample_command, sample_request, wants_gan
+from evalkit.cli.sample_cmd import (dry_run_device, refuse_gan_options, run_options, sample_command, sample_request,
+                                    wants_gan)
 from evalkit.cli.score_cmd import warnings_to_stderr
 from evalkit.errors import ConfigError
 
@@ -190,6 +191,7 @@ def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, fea
         plan = SweepPlan.of(base, truncations=truncation_list if truncation_list is not None
                             else _preset_truncations(base.model.preset))
     else:
+        refuse_gan_options(kw)
         if scales is None:
             raise ConfigError("--scales is required for a diffusion model (comma-separated guidance scales such "
                               "as 0,1,2,4); --truncations is for BigGAN-deep presets")

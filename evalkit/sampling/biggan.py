@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from evalkit import weights
-from evalkit.checkpoints import LoadedBigGAN, biggan_config_beside, load_biggan
+from evalkit.checkpoints import LoadedBigGAN, biggan_config_beside, load_biggan, read_state_dict
 from evalkit.context import Context
 from evalkit.diffusion import samples_to_uint8
 from evalkit.errors import CheckpointError, ConfigError, EvalkitError, WeightsError
 from evalkit.hashing import sha256_file
-from evalkit.models.biggan import BigGANConfig, biggan_latents, check_truncation
+from evalkit.models.biggan import BigGANConfig, biggan_latents, check_state_dict, check_truncation
 from evalkit.presets import BIGGAN_PRESETS, BigGANPreset, get_biggan_preset
 from evalkit.sampling.chunk import FixedChunk
 from evalkit.sampling.defaults import COMPUTE_CHUNK
@@ -118,10 +118,11 @@ def _preset_config(p: BigGANPreset) -> Path | None:
 def biggan_spec(preset: str | None, checkpoint: str | None, config: str | None) -> BigGANSpec:
     """Resolve the weights and config of a BigGAN-deep generator (module doc) and hash them.
 
-    Raises ConfigError for an unknown preset, a missing or unreadable config, a config of another
-    resolution than the preset's; CheckpointError for a missing weights file. Whether the weights
-    fit the config is checked when they are loaded (`BigGANSampler.prepare`), before anything is
-    written.
+    The weights are read once (weights only) and their keys and shapes checked against the
+    config, so a bad file is refused before a run or sweep starts. Raises ConfigError for an
+    unknown preset, a missing or unreadable config, a config of another resolution than the
+    preset's; CheckpointError for a missing or unreadable weights file or one that needs code to
+    unpickle; WeightsError for weights that do not fit the config or the preset's resolution.
     """
     p = get_biggan_preset(preset) if preset else None
     if not checkpoint:
@@ -153,6 +154,9 @@ def biggan_spec(preset: str | None, checkpoint: str | None, config: str | None) 
         raise ConfigError(f"{option} {cfg_path}: describes a {cfg.output_dim}x{cfg.output_dim} generator with "
                           f"{cfg.num_classes} classes and z_dim {cfg.z_dim}, but preset {p.name} is "
                           f"{p.image_size}x{p.image_size} with {p.num_classes} classes and z_dim {p.dim_z}")
+    check_state_dict(read_state_dict(path), cfg, weights=path,
+                     config_source=str(cfg_path) if cfg_path else f"the canonical BigGAN-deep-{cfg.output_dim} config",
+                     expected_resolution=cfg.output_dim)
     return BigGANSpec(checkpoint=path, checkpoint_sha256=_hash(path), image_size=cfg.output_dim,
                       num_classes=cfg.num_classes, z_dim=cfg.z_dim, architecture=cfg.to_dict(),
                       preset=p.name if p else None, config=None if cfg_path is None else str(cfg_path),
