@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from evalkit import weights
 from evalkit.checkpoints import load_biggan
-from evalkit.diffusion import to_uint8
+from evalkit.diffusion import samples_to_uint8
 from evalkit.errors import CheckpointError, ConfigError, InputError, WeightsError
 from evalkit.sampling.noise import SampleNoise
 from evalkit.models.biggan import (BigGANConfig, BigGANDeep, biggan_latents, from_state_dict, random_state_dict,
@@ -291,7 +291,7 @@ def test_small_config_for_8x8_digits():
         unfolded = model(z, y, 0.5)
         folded = model.fold()(z, y, 0.5)
     assert torch.equal(unfolded, folded)
-    images = to_uint8(folded)
+    images = samples_to_uint8(folded)
     assert images.dtype == np.uint8 and images.shape == (6, 8, 8, 3)
 
 
