@@ -7,8 +7,11 @@ for one column of a two-column paper (3.25 in wide) with 7-9 pt fonts; save them
 
 The tradeoff plots follow Dhariwal & Nichol 2021 (arXiv:2105.05233v4 Fig. 5 / NeurIPS Fig. 6):
 precision on x and recall on y; Inception Score on x and FID on y. One curve per
-checkpoint/resolution (rows grouped by label, preset, image_size, steps), points in
-guidance-scale order, each annotated with its guidance scale; baselines are separate markers.
+(family, checkpoint/resolution) (rows grouped by label, preset, image_size, steps, family), points
+in guidance-scale order, each annotated with its guidance scale; a GAN's curve (rows with a
+truncation, e.g. BigGAN-deep) is ordered and annotated by truncation instead, drawn dashed with
+square markers, and when a figure holds one, every legend entry says what its points vary
+("(truncation)" / "(guidance scale)"). Baselines are separate markers.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from matplotlib.figure import Figure
 from evalkit.errors import InputError
 from evalkit.metrics import KEY_FID, KEY_IS, KEY_PRECISION, KEY_RECALL
 from evalkit.metrics.keys import metric_label
-from evalkit.results import DEFAULT_FEATURES
+from evalkit.results import DEFAULT_FAMILY, DEFAULT_FEATURES
 from evalkit.store import open_batch
 
 FIGURE_WIDTH_IN = 3.25          # one column of a two-column paper
 FIGURE_HEIGHT_IN = 2.5
 PNG_DPI = 200
-CURVE_KEYS: tuple[str, ...] = ("label", "preset", "image_size", "steps")
+CURVE_KEYS: tuple[str, ...] = ("label", "preset", "image_size", "steps", "family")
 BASELINE_GID = "baseline"       # gid of every baseline marker artist
 CURVE_GID_PREFIX = "curve:"     # gid of every curve artist, followed by its legend name
 
@@ -83,7 +86,8 @@ def _cell(value) -> str | None:
 def curve_names(df: pd.DataFrame) -> pd.Series:
     """Legend name of each row's curve: its label (or preset), with image size and steps added
     only where two curves would otherwise share a name."""
-    keys = [tuple(_cell(r.get(k)) for k in CURVE_KEYS) for r in df.to_dict("records")]
+    keys = [tuple(_cell(r.get(k)) for k in CURVE_KEYS[:4]) + (_cell(r.get("family")) or DEFAULT_FAMILY,)
+            for r in df.to_dict("records")]
     base = {k: (k[0] or k[1] or "results") for k in set(keys)}
     counts: dict[str, int] = {}
     for name in base.values():
@@ -91,10 +95,24 @@ def curve_names(df: pd.DataFrame) -> pd.Series:
     names = {}
     for k, name in base.items():
         if counts[name] > 1:
-            detail = [f"{k[2]}px" if k[2] else None, f"{k[3]} steps" if k[3] else None, k[1] if k[0] else None]
+            detail = [f"{k[2]}px" if k[2] else None, f"{k[3]} steps" if k[3] else None, k[1] if k[0] else None,
+                      k[4] if k[4] != DEFAULT_FAMILY else None]
             name = f"{name} ({', '.join(d for d in detail if d)})"
         names[k] = name
     return pd.Series([names[k] for k in keys], index=df.index, dtype=object)
+
+
+def point_key(curve: pd.DataFrame) -> str:
+    """The column that orders and labels the points of one curve: ``truncation`` for a GAN's
+    rows (they have one), else ``guidance_scale``."""
+    if "truncation" in curve.columns and curve["truncation"].notna().any():
+        return "truncation"
+    return "guidance_scale"
+
+
+def point_name(key: str) -> str:
+    """What a curve's point labels are, in words (legends, READMEs)."""
+    return "truncation" if key == "truncation" else "guidance scale"
 
 
 def plottable(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -122,8 +140,8 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
     """Scatter-line plot of metric `y` against metric `x`, one curve per checkpoint/resolution.
 
     results: rows of the results schema (one feature network); rows missing `x` or `y` are
-    skipped. Each curve joins its rows in increasing guidance_scale and annotates every point
-    with its scale. baselines: optional rows (baselines schema) drawn as separate black/grey
+    skipped. Each curve joins its rows in increasing guidance_scale (truncation for a GAN's
+    curve, see `point_key`) and annotates every point with it. baselines: optional rows (baselines schema) drawn as separate black/grey
     markers with gid "baseline"; they must use the same feature network as the results.
     Raises InputError when neither results nor baselines have a point with both metrics.
     """
@@ -141,13 +159,17 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
     with rc_context(STYLE):
         fig = Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_HEIGHT_IN), layout="constrained")
         ax = fig.add_subplot()
-        # One line per curve, points in guidance-scale order, each labelled with its scale.
+        # One line per curve, points in guidance-scale (GANs: truncation) order, each labelled with it.
         names = curve_names(points)
-        for name in dict.fromkeys(names):
-            curve = points[names == name].sort_values("guidance_scale", kind="stable")
+        keyed = {name: point_key(points[names == name]) for name in dict.fromkeys(names)}
+        mixed = "truncation" in keyed.values()  # then every legend entry says what its points vary
+        for name, key in keyed.items():
+            curve = points[names == name].sort_values(key, kind="stable")
             xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
-            ax.plot(xs, ys, marker="o", linestyle="-", label=name, gid=CURVE_GID_PREFIX + name)
-            for xv, yv, scale in zip(xs, ys, curve["guidance_scale"]):
+            gan = key == "truncation"
+            ax.plot(xs, ys, marker="s" if gan else "o", linestyle="--" if gan else "-",
+                    label=f"{name} ({point_name(key)})" if mixed else name, gid=CURVE_GID_PREFIX + name)
+            for xv, yv, scale in zip(xs, ys, curve[key]):
                 if _cell(scale) is not None:
                     ax.annotate(format_scale(scale), (xv, yv), xytext=(3, 3), textcoords="offset points",
                                 fontsize=ANNOTATION_FONTSIZE)

@@ -48,6 +48,8 @@ from evalkit.plots import (
     fid_vs_is,
     format_scale,
     plottable,
+    point_key,
+    point_name,
     precision_vs_recall,
     sample_grid,
     save_figure,
@@ -147,11 +149,29 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
+def _truncation_text(value) -> str | None:
+    """A truncation cell as text: the number (``0.5``), or a published range in words as is."""
+    if _missing(value):
+        return None
+    try:
+        return format_scale(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _has_truncation(df: pd.DataFrame | None) -> bool:
+    return df is not None and "truncation" in df.columns and bool(df["truncation"].notna().any())
+
+
 def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) -> Table:
     """Table of the results rows (label, size, sampler/steps, scale, samples, five metrics), then
-    the baseline rows after a rule. Metric headers use metric_label of the results' features."""
+    the baseline rows after a rule. Metric headers use metric_label of the results' features.
+    When a results row has a truncation (a GAN's), a "Truncation" column follows "Scale" and
+    holds the baselines' truncations too."""
     features = features_of(results)
-    headers = ["Model", "Size", "Steps", "Scale", "Samples"] + [metric_label(k, features) for k in METRIC_COLUMNS]
+    trunc = _has_truncation(results)
+    headers = (["Model", "Size", "Steps", "Scale"] + (["Truncation"] if trunc else []) + ["Samples"]
+               + [metric_label(k, features) for k in METRIC_COLUMNS])
     names = curve_names(results)
     rows = []
     for name, r in zip(names, results.to_dict("records")):
@@ -159,8 +179,9 @@ def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) 
         if steps and not _missing(r["sampler"]) and r["sampler"] not in steps:
             steps = f"{steps} ({r['sampler']})"
         rows.append([name, None if _missing(r["image_size"]) else str(r["image_size"]), steps,
-                     None if _missing(r["guidance_scale"]) else format_scale(r["guidance_scale"]),
-                     None if _missing(r["num_samples"]) else str(r["num_samples"])]
+                     None if _missing(r["guidance_scale"]) else format_scale(r["guidance_scale"])]
+                    + ([None if _missing(r["truncation"]) else format_scale(r["truncation"])] if trunc else [])
+                    + [None if _missing(r["num_samples"]) else str(r["num_samples"])]
                     + [format_metric(r[k]) for k in METRIC_COLUMNS])
     groups: list[tuple[str | None, list]] = [(None, rows)]
     footnotes = []
@@ -170,16 +191,19 @@ def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) 
             steps = None if _missing(r["steps"]) else str(r["steps"])
             scale = r["truncation"] if not _missing(r["truncation"]) else r["guidance_scale"]
             scale_text = None
-            if not _missing(r["truncation"]):
+            if trunc:
+                scale_text = None if _missing(r["guidance_scale"]) else format_scale(r["guidance_scale"])
+            elif not _missing(r["truncation"]):
                 scale_text = f"trunc. {r['truncation']}"
             elif not _missing(scale):
                 scale_text = format_scale(scale)
-            base_rows.append([f"{r['label']} [{i}]", str(r["image_size"]), steps, scale_text,
-                              None if _missing(r["num_samples"]) else str(r["num_samples"])]
+            base_rows.append([f"{r['label']} [{i}]", str(r["image_size"]), steps, scale_text]
+                             + ([_truncation_text(r["truncation"])] if trunc else [])
+                             + [None if _missing(r["num_samples"]) else str(r["num_samples"])]
                              + [format_metric(r[k]) for k in METRIC_COLUMNS])
             footnotes.append(f"[{i}] {r['source']}")
         groups.append(("Published baselines", base_rows))
-    return Table(headers=headers, groups=groups, align="lrlrr" + "r" * len(METRIC_COLUMNS),
+    return Table(headers=headers, groups=groups, align="lrlr" + ("r" if trunc else "") + "r" + "r" * len(METRIC_COLUMNS),
                  caption="", footnotes=footnotes)
 
 
@@ -361,12 +385,14 @@ def build_report(results: pd.DataFrame, out_dir: str | os.PathLike, *, baselines
             names = curve_names(results)
             for i, path in samples.items():
                 row = results.loc[i]
-                scale = "" if _missing(row["guidance_scale"]) else format_scale(row["guidance_scale"])
-                name = f"samples/{i:03d}_{_slug(names[i])}_scale{scale or 'na'}.png"
-                fig = sample_grid(path, n=samples_per_grid, title=f"{names[i]}, scale {scale or '?'}")
+                key = point_key(results.loc[[i]])
+                scale = "" if _missing(row[key]) else format_scale(row[key])
+                tag, what = ("trunc", "truncation") if key == "truncation" else ("scale", "scale")
+                name = f"samples/{i:03d}_{_slug(names[i])}_{tag}{scale or 'na'}.png"
+                fig = sample_grid(path, n=samples_per_grid, title=f"{names[i]}, {what} {scale or '?'}")
                 fig.savefig(tmp / name, dpi=200, metadata={})
                 files.append(name)
-                grids.append((name, names[i], scale, path))
+                grids.append((name, names[i], f"{point_name(key)} {scale or 'unknown'}", path))
         # README and marker.
         readme = _readme(title, results, baselines, features, csv_path, csv_sha, plots, tables, grids, notes,
                          command, extra_readme, {n: sha256_file(tmp / f"{n}.csv") for n in sorted(extra_files or {})},
@@ -403,14 +429,19 @@ def _readme(title, results, baselines, features, csv_path, csv_sha, plots, table
                          "use the Inception network."))
     lines += [*extra_readme, "", "## Figures", ""]
     names = curve_names(results)
+    keys = {name: point_key(results[names == name]) for name in dict.fromkeys(names)}
+    gans = "truncation" in keys.values()
     for stem, x, y, _ in plots:
         lines.append(f"- `{stem}.pdf` / `.svg` / `.png`: {metric_label(y, features)} (y) against "
                      f"{metric_label(x, features)} (x); one curve per checkpoint/resolution, each point "
-                     f"annotated with its guidance scale.")
-    lines += ["", "Curves (guidance scales in plotting order):", ""]
-    for name in dict.fromkeys(names):
-        scales = results[names == name]["guidance_scale"].dropna().sort_values()
-        lines.append(f"- {markdown_escape(name)}: {', '.join(format_scale(s) for s in scales) or 'no scale recorded'}")
+                     + ("annotated with its guidance scale (diffusion, solid) or truncation (GAN, dashed)."
+                        if gans else "annotated with its guidance scale."))
+    lines += ["", "Curves (guidance scales, or truncations of GANs, in plotting order):" if gans
+              else "Curves (guidance scales in plotting order):", ""]
+    for name, key in keys.items():
+        scales = results[names == name][key].dropna().sort_values()
+        prefix = f"{point_name(key)} " if gans else ""
+        lines.append(f"- {markdown_escape(name)}: {prefix}{', '.join(format_scale(s) for s in scales) or 'no scale recorded'}")
     lines += ["", "Figures are 3.25 in wide (one paper column), fonts 7–9 pt; PNG at 200 dpi.", ""]
     lines += ["## Tables", ""]
     for name in tables:
@@ -418,7 +449,7 @@ def _readme(title, results, baselines, features, csv_path, csv_sha, plots, table
     if grids:
         lines += ["", "## Samples", ""]
         for name, label, scale, path in grids:
-            lines.append(f"- `{name}`: {markdown_escape(label)}, guidance scale {scale or 'unknown'}, from `{path}`")
+            lines.append(f"- `{name}`: {markdown_escape(label)}, {scale}, from `{path}`")
     lines += ["", "## Baselines", ""]
     if baselines is None or baselines.empty:
         lines.append("None drawn.")

@@ -1,4 +1,4 @@
-"""Resumable guidance-scale (× respacing) sweeps: sample → score → one results row per setting.
+"""Resumable guidance-scale (× respacing) and truncation sweeps: sample → score → one results row per setting.
 
 The paper's guidance ablation (``scripts/classifier_sample.py`` run once per ``--classifier_scale``,
 then ``evaluations/evaluator.py`` once per npz, at `evalkit.REFERENCE_COMMIT`) becomes one command:
@@ -8,6 +8,9 @@ then ``evaluations/evaluator.py`` once per npz, at `evalkit.REFERENCE_COMMIT`) b
   killed sweep resumes a half-finished setting from its shards.
 * Every setting is scored with `evalkit.evaluate` against one reference opened once for the whole
   sweep; its features are extracted by the first setting and read back from the feature cache.
+* A BigGAN-deep generator (`evalkit.sampling.biggan`) sweeps its truncation instead: one setting
+  per truncation in ``truncation-0.5/`` folders, rows with ``family`` "biggan-deep", ``truncation``
+  set and the guidance columns (classifier, guidance_scale, sampler, steps, eta) empty.
 * Every finished setting appends one row to the results CSV (`evalkit.results`, atomic), keyed by a
   run_id computed from the settings before any sampling, so rows already present are skipped
   without sampling or scoring anything. Each setting folder also gets a ``metrics.json``.
@@ -28,6 +31,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -51,8 +55,9 @@ from evalkit.options import RunOptions, ScoreOptions
 from evalkit.refbatches import resolve_batch
 from evalkit.results import EXTRA_METRIC_COLUMNS, append_row, format_scale, make_run_id, read_results
 from evalkit.sampling.adm import FAMILY
+from evalkit.sampling.biggan import BigGANRequest
 from evalkit.sampling.request import SampleRequest
-from evalkit.sampling.run import check_store, run_sampling
+from evalkit.sampling.run import Request, check_store, run_sampling
 from evalkit.store import open_batch
 
 METRICS_JSON = "metrics.json"  # per-setting record: row, metrics, provenance, sampling request
@@ -87,6 +92,32 @@ def parse_scales(text: str | Sequence[float], option: str = "--scales") -> tuple
             raise ConfigError(f"{option} {text!r}: scale {item} is listed twice; list each scale once")
         scales.append(value)
     return tuple(scales)
+
+
+def parse_truncations(text: str | Sequence[float], option: str = "--truncations") -> tuple[float, ...]:
+    """``"0.1,0.5,1"`` → (0.1, 0.5, 1.0). Each truncation is a number in (0, 1], listed once.
+
+    Raises ConfigError naming `option` for an empty list, an empty item (``"0.1,,0.2"``), a word,
+    a value outside (0, 1] or a duplicate. A sequence of numbers is checked the same way.
+    """
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if not items or (isinstance(text, str) and not text.strip()):
+        raise ConfigError(f"{option} is empty; expected comma-separated truncations in (0, 1] such as 0.1,0.5,1")
+    out: list[float] = []
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str) and item == "":
+            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected numbers separated by single commas")
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a number in (0, 1]") from None
+        if isinstance(item, bool) or not math.isfinite(value) or not 0 < value <= 1:
+            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a truncation in (0, 1] "
+                              f"(1 = the untruncated prior)")
+        if value in out:
+            raise ConfigError(f"{option} {text!r}: truncation {item} is listed twice; list each truncation once")
+        out.append(value)
+    return tuple(out)
 
 
 def parse_respacings(text: str | Sequence[str] | None, option: str = "--respacings") -> tuple[str, ...]:
@@ -149,15 +180,23 @@ def setting_dirname(scale: float, respacing: str | None = None) -> str:
     return name if respacing is None else f"{name}_steps-{respacing}"
 
 
-def settings_row(request: SampleRequest, *, reference: str, reference_sha256: str, features: str,
+def truncation_dirname(truncation: float) -> str:
+    """``truncation-0.5`` (``truncation-1`` for 1.0), the folder of one truncation of a GAN sweep."""
+    return f"truncation-{format_scale(truncation)}"
+
+
+def settings_row(request: Request, *, reference: str, reference_sha256: str, features: str,
                  label: str | None = None, features_sha256: str | None = None) -> dict[str, Any]:
     """The identity and description cells of a results row for `request` (no metrics), with run_id.
 
-    ``guidance_scale`` is the classifier scale (0 without a classifier); ``steps`` the respacing
+    A `BigGANRequest` gets `biggan_row`. ``guidance_scale`` is the classifier scale (0 without a classifier); ``steps`` the respacing
     (``str(T)`` when it is empty, i.e. every step); ``eta`` only for DDIM; ``image_size`` that of
     the evaluated images (the upsampler's for a cascade); ``classes``, ``clip_denoised`` (0 when
     off) and the ``upsampler*`` cells only when they differ from the default.
     """
+    if isinstance(request, BigGANRequest):
+        return biggan_row(request, reference=reference, reference_sha256=reference_sha256, features=features,
+                          label=label, features_sha256=features_sha256)
     model, clf, ups = request.model, request.classifier, request.upsampler
     row = {
         "label": label or model.preset or Path(model.checkpoint).stem,
@@ -190,30 +229,76 @@ def settings_row(request: SampleRequest, *, reference: str, reference_sha256: st
     return row
 
 
-def unguided_if_zero(request: SampleRequest) -> SampleRequest:
+def biggan_row(request: BigGANRequest, *, reference: str, reference_sha256: str, features: str,
+               label: str | None = None, features_sha256: str | None = None) -> dict[str, Any]:
+    """The results-row cells of a BigGAN-deep setting, with run_id: ``family`` "biggan-deep",
+    ``truncation``, the preset and the weights' sha256; every guidance and sampler cell empty."""
+    model = request.model
+    row = {
+        "label": label or model.label_text(),
+        "family": request.family,
+        "preset": model.preset,
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "truncation": float(request.truncation),
+        "classes": ",".join(map(str, request.classes)) if request.classes is not None else None,
+        "num_samples": int(request.num_samples),
+        "seed": int(request.seed),
+        "image_size": int(model.image_size),
+        "reference": str(reference),
+        "reference_sha256": reference_sha256,
+        "features": features,
+        "features_sha256": features_sha256,
+    }
+    row["run_id"] = make_run_id(row)
+    return row
+
+
+def unguided_if_zero(request: Request) -> Request:
     """A classifier at scale 0 guides nothing: drop it (as the sweep does for scale 0)."""
-    if request.classifier is not None and not request.classifier_scale:
+    if isinstance(request, SampleRequest) and request.classifier is not None and not request.classifier_scale:
         return setting_request(request, 0.0)
     return request
 
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A base request and the guidance scales (× respacings) to sample it at (validated)."""
+    """A base request and the settings to sample it at (validated): guidance scales (× respacings)
+    for a diffusion `SampleRequest`, truncations for a `BigGANRequest`."""
 
-    base: SampleRequest
-    scales: tuple[float, ...]
+    base: Request
+    scales: tuple[float, ...] = ()
     respacings: tuple[str, ...] = ()
+    truncations: tuple[float, ...] = ()
 
     @classmethod
-    def of(cls, base: SampleRequest, scales: Sequence[float] | str,
-           respacings: Sequence[str] | str | None = None) -> "SweepPlan":
-        plan = cls(base, parse_scales(scales), parse_respacings(respacings))
+    def of(cls, base: Request, scales: Sequence[float] | str | None = None,
+           respacings: Sequence[str] | str | None = None,
+           truncations: Sequence[float] | str | None = None) -> "SweepPlan":
+        """Parse and check the lists against the kind of `base`: a GAN takes truncations only
+        (default: its own truncation), a diffusion model scales (× respacings) only. ConfigError
+        names the option that does not apply."""
+        if isinstance(base, BigGANRequest):
+            for given, option in ((scales, "--scales"), (respacings, "--respacings")):
+                if given is not None:
+                    raise ConfigError(f"{option} applies to diffusion models; {base.model.label_text()} is a "
+                                      f"BigGAN-deep generator: sweep its truncation with --truncations")
+            lst = parse_truncations(truncations) if truncations is not None else (base.truncation,)
+            plan = cls(base, truncations=lst)
+        else:
+            if truncations is not None:
+                raise ConfigError(f"--truncations applies to GAN presets (BigGAN-deep); "
+                                  f"{base.model.label_text()} is a diffusion model: sweep --scales instead")
+            if scales is None:
+                raise ConfigError("--scales is required for a diffusion model (comma-separated guidance scales "
+                                  "such as 0,1,2,4)")
+            plan = cls(base, parse_scales(scales), parse_respacings(respacings))
         plan.settings()  # every setting must be valid before anything runs
         return plan
 
-    def settings(self) -> list[tuple[str, SampleRequest]]:
-        """(folder name, request) of every setting, respacings outer, scales inner."""
+    def settings(self) -> list[tuple[str, Request]]:
+        """(folder name, request) of every setting: respacings outer, scales inner; or truncations."""
+        if isinstance(self.base, BigGANRequest):
+            return [(truncation_dirname(t), self.base.with_truncation(t)) for t in self.truncations]
         return [(setting_dirname(scale, respacing), setting_request(self.base, scale, respacing))
                 for respacing in self.respacings or (None,) for scale in self.scales]
 
@@ -283,7 +368,7 @@ def _relative(path: Path, start: Path) -> str:
         return str(Path(path).resolve())
 
 
-def score_setting(request: SampleRequest, run_dir: str | os.PathLike, reference: Reference, extractor,
+def score_setting(request: Request, run_dir: str | os.PathLike, reference: Reference, extractor,
                   row: dict[str, Any], options: RunOptions = RunOptions(), score: ScoreOptions = ScoreOptions(),
                   ctx: Context | None = None, *, csv: str | os.PathLike | None = None,
                   json_out: str | os.PathLike | None = None) -> SettingResult | None:
@@ -317,7 +402,7 @@ def score_setting(request: SampleRequest, run_dir: str | os.PathLike, reference:
     return SettingResult(row=full, metrics=metrics, skipped=False, run_dir=run_dir)
 
 
-def _rows_and_done(requests: Sequence[SampleRequest], reference: Reference, csv, extractor, ctx: Context,
+def _rows_and_done(requests: Sequence[Request], reference: Reference, csv, extractor, ctx: Context,
                    label: str | None):
     """(extractor, the CSV row of each request, run_ids already in `csv`). Rank 0 hashes the reference
     and reads the CSV; every rank gets the same run_ids."""
@@ -331,7 +416,7 @@ def _rows_and_done(requests: Sequence[SampleRequest], reference: Reference, csv,
     return extractor, rows, done
 
 
-def sample_and_score(request: SampleRequest, out_dir: str | os.PathLike, ref: str | os.PathLike, extractor=None,
+def sample_and_score(request: Request, out_dir: str | os.PathLike, ref: str | os.PathLike, extractor=None,
                      options: RunOptions = RunOptions(), score: ScoreOptions = ScoreOptions(),
                      ctx: Context | None = None, *, csv: str | os.PathLike | None = None,
                      json_out: str | os.PathLike | None = None, label: str | None = None) -> SettingResult | None:
@@ -362,25 +447,33 @@ def sample_and_score(request: SampleRequest, out_dir: str | os.PathLike, ref: st
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
+def _describe(row: dict[str, Any]) -> str:
+    """The swept values of a settings row, for the progress log."""
+    if row.get("truncation") is not None:
+        return f"truncation {row['truncation']:g}"
+    return f"guidance_scale {row['guidance_scale']:g}, {row['sampler']} {row['steps']} steps"
+
 def run_sweep(plan: SweepPlan, ref: str | os.PathLike, out_dir: str | os.PathLike, csv: str | os.PathLike,
               extractor=None, options: RunOptions = RunOptions(), score: ScoreOptions = ScoreOptions(),
               ctx: Context | None = None, *, label: str | None = None, log: Log | None = None) -> pd.DataFrame:
     """Sample and score every setting of `plan`; one CSV row per setting.
 
-    Settings sample into ``out_dir/scale-<s>[_steps-<r>]/``; rows already in `csv` (by run_id) are
+    Settings sample into ``out_dir/scale-<s>[_steps-<r>]/`` (``out_dir/truncation-<t>/`` for a GAN); rows already in `csv` (by run_id) are
     skipped without sampling; a half-finished setting resumes from its shards. `extractor`:
     object, registered name or None (Inception). Every process of `ctx` calls it (rank 0 writes
     the CSV).
 
     Returns the rows of this sweep (results schema, in setting order) on every rank. Raises
     InputError / RunDirectoryError before anything is written for a CSV of another schema, an
-    `out_dir` that is a file or a setting folder holding another run.
+    `out_dir` that is a file or a setting folder holding another run; a sweep folder it created is
+    removed again when the first setting fails before writing anything (e.g. unloadable weights).
     """
     ctx = ctx or Context.local()
     log = log or (lambda message: tqdm.write(message, file=sys.stderr) if ctx.is_main else None)
     settings = plan.settings()
     out = check_sweep_dir(out_dir)
     reference = Reference(ref)
+    created = not out.exists()
     try:
         extractor, rows, done = _rows_and_done([r for _, r in settings], reference, csv, extractor, ctx, label)
         todo = [i for i, row in enumerate(rows) if row["run_id"] not in done]
@@ -389,13 +482,17 @@ def run_sweep(plan: SweepPlan, ref: str | os.PathLike, out_dir: str | os.PathLik
             log(f"sweep: {len(settings) - len(todo)} of {len(settings)} settings already in {csv}; skipping them")
         for k, i in enumerate(todo, 1):
             name, request = settings[i]
-            log(f"sweep [{k}/{len(todo)}] {name}: guidance_scale {rows[i]['guidance_scale']:g}, "
-                f"{request.sampler} {rows[i]['steps']} steps, {request.num_samples} samples")
+            log(f"sweep [{k}/{len(todo)}] {name}: {_describe(rows[i])}, {request.num_samples} samples")
             result = score_setting(request, out / name, reference, extractor, rows[i], options, score, ctx, csv=csv)
             if result is not None:
                 full = result.row
                 log(f"sweep [{k}/{len(todo)}] {name}: " + ", ".join(f"{key} {full[key]:.4g}" for key in METRIC_KEYS)
                     + f" ({full['wall_clock_s']:.1f} s)")
+    except BaseException:
+        if created and ctx.is_main:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: the failed setting's store removed itself
+        raise
     finally:
         reference.close()
     ctx.barrier()

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from evalkit.cli import main
 from evalkit.errors import ConfigError
-from evalkit.presets import PRESETS, RELEASED, URL_BASE, Preset, describe_preset, get_preset, register_preset
+from evalkit.presets import (BIGGAN_PRESETS, PRESETS, RELEASED, URL_BASE, Preset, describe_preset, get_preset,
+                             register_preset)
 
 TINY = "--image_size 8 --num_channels 32 --channel_mult 1,2 --attention_resolutions 4 --num_res_blocks 1 " \
        "--num_head_channels 16 --learn_sigma True --class_cond True --num_classes 10"
@@ -109,7 +110,8 @@ def test_cli_lists_presets():
     result = CliRunner().invoke(main, ["presets"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 1 + len(PRESETS)
+    assert len(lines) == 1 + len(PRESETS) + len(BIGGAN_PRESETS)  # BigGAN-deep presets last, kind biggan-deep
+    assert next(line for line in lines if line.startswith("biggan-deep-256 ")).split()[1] == "biggan-deep"
     row = next(line for line in lines if line.startswith("128x128_diffusion "))
     assert "421.5M" in row and "250 steps" in row and "128x128_classifier at scale 0.5" in row
     assert "64->256" in result.output and "1000 steps" in result.output

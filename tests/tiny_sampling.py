@@ -52,3 +52,32 @@ def one_thread():
 
 #: Environment for evalkit subprocesses started by tests (one thread each, as above).
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tiny_biggan_config(resolution: int = 8, channel_width: int = 8):
+    """A BigGAN-deep layout small enough for CPU tests: 10 classes, z_dim 16, 11 truncation rows of
+    batch-norm statistics, self-attention at 4x4 (8x8) or 8x8 (16x16)."""
+    from evalkit.models.biggan import BigGANConfig
+
+    mults = {8: (2, 1), 16: (4, 2, 1)}[resolution]
+    return BigGANConfig.deep(resolution, channel_width=channel_width, channel_multipliers=mults,
+                             attention_resolution=resolution // 2, z_dim=16, num_classes=10, n_stats=11)
+
+
+def save_biggan(folder: Path, name: str = "tiny", resolution: int = 8, seed: int = 0, channel_width: int = 8,
+                with_config: bool = True) -> tuple[Path, Path | None]:
+    """Random BigGAN-deep weights (random batch-norm statistics per truncation, so truncation matters)
+    saved as ``<name>-pytorch_model.bin`` with ``<name>-config.json`` beside it, like the released files."""
+    import json
+
+    from evalkit.models.biggan import random_state_dict
+
+    cfg = tiny_biggan_config(resolution, channel_width)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}-pytorch_model.bin"
+    torch.save(random_state_dict(cfg, seed=seed), weights)
+    config = None
+    if with_config:
+        config = folder / f"{name}-config.json"
+        config.write_text(json.dumps(cfg.to_dict()))
+    return weights, config

@@ -12,7 +12,8 @@ import json
 import click
 
 from evalkit.cli.group import main
-from evalkit.cli.sample_cmd import dry_run_device, run_options, sample_command
+from evalkit.cli.sample_cmd import (dry_run_device, refuse_gan_options, run_options, sample_command, sample_request,
+                                    wants_gan)
 from evalkit.cli.score_cmd import warnings_to_stderr
 from evalkit.errors import ConfigError
 
@@ -52,10 +53,17 @@ def scoring_options(func):
 
 
 def _request(kw: dict, classifier_scale: float | None):
-    """The SampleRequest of the `evalkit sample` options in `kw`, at `classifier_scale`."""
-    from evalkit.sampling.request import SampleArgs, make_request
+    """The request of the `evalkit sample` options in `kw` (a diffusion model's at `classifier_scale`)."""
+    if wants_gan(kw):
+        return sample_request(kw)
+    return sample_request(kw, classifier_scale=classifier_scale)
 
-    return make_request(SampleArgs.from_kwargs(kw, classifier_scale=classifier_scale))
+
+def _preset_truncations(name: str | None) -> tuple[float, ...]:
+    """The default truncation sweep of BigGAN preset `name` (the paper's for custom weights)."""
+    from evalkit.presets import PAPER_TRUNCATIONS, get_biggan_preset
+
+    return get_biggan_preset(name).truncations if name else PAPER_TRUNCATIONS
 
 
 def _score_options(feature_batch_size: int, exact_fid: bool, kw: dict):
@@ -79,7 +87,7 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
     `evalkit score`), write the metrics JSON and append one row to --csv.
 
     Takes every option of `evalkit sample`. A classifier at --classifier-scale 0 is not used (the
-    row is the unguided model's). Rerunning the same command resumes the sampling, or does nothing
+    row is the unguided model's). A BigGAN-deep preset scores one --truncation. Rerunning the same command resumes the sampling, or does nothing
     when --csv already holds the row.
 
     \b
@@ -90,6 +98,8 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
       evalkit sample-and-score --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
           --num-samples 10000 --timestep-respacing ddim25 --use-ddim --ref imagenet64 \\
           --out runs/ddim25 --json ddim25.json
+      evalkit sample-and-score --preset biggan-deep-128 --truncation 1.0 --num-samples 50000 \\
+          --ref imagenet128 --out runs/biggan128_t1 --csv results.csv
     """
     from evalkit.context import Context
     from evalkit.evaluate import build_extractor, format_lines
@@ -123,28 +133,32 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
             click.echo(f"appended run_id {result.row['run_id']} to {csv_path}", err=True)
 
 
-@sampling_options(exclude=("classifier_scale", "out_dir"))
+@sampling_options(exclude=("classifier_scale", "out_dir", "truncation"))
 @main.command("sweep", context_settings={"show_default": True})
-@click.option("--scales", required=True, metavar="S1,S2,...",
-              help="Classifier-guidance scales, comma-separated numbers >= 0 (0 = unguided, the model alone; "
-                   "non-zero scales need --classifier).")
+@click.option("--scales", default=None, metavar="S1,S2,...",
+              help="Diffusion models: classifier-guidance scales, comma-separated numbers >= 0 (0 = unguided, the "
+                   "model alone; non-zero scales need --classifier). Required for them.")
+@click.option("--truncations", default=None, metavar="T1,T2,...",
+              help="BigGAN-deep presets: truncations in (0, 1], comma-separated, e.g. 0.1,0.2,...,1.0 (the "
+                   "paper's figure).  [default: the preset's sweep; 0.1 to 1.0 for the biggan-deep presets]")
 @click.option("--respacings", default=None, metavar="R1,R2,...",
               help="Also sweep the respaced steps: step counts or ddimN (ddimN samples with DDIM), e.g. "
                    "250,100,ddim25; the sweep runs every scale at every respacing.  "
                    "[default: --timestep-respacing only]")
 @click.option("--out", "sweep_dir", type=click.Path(), required=True, metavar="DIR",
-              help="Sweep folder: one resumable sample store per setting (scale-2/, scale-2_steps-ddim25/), "
-                   "each with its metrics.json.")
+              help="Sweep folder: one resumable sample store per setting (scale-2/, scale-2_steps-ddim25/, "
+                   "truncation-0.5/), each with its metrics.json.")
 @click.option("--csv", "csv_path", type=click.Path(), required=True, metavar="FILE",
               help="Results CSV: one row per setting is appended (created when absent); rows already there are "
                    "skipped.")
 @scoring_options
-def sweep_command(scales, respacings, sweep_dir, csv_path, ref, features_name, weights_path, feature_batch_size,
+def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, features_name, weights_path, feature_batch_size,
                   label, exact_fid, **kw):
-    """Sweep the classifier-guidance scale (and optionally the respaced steps) of a checkpoint: sample,
-    score and append one results row per setting, for `evalkit report`.
+    """Sweep the classifier-guidance scale (and optionally the respaced steps) of a diffusion checkpoint,
+    or the truncation of a BigGAN-deep generator: sample, score and append one results row per
+    setting, for `evalkit report`.
 
-    Takes every option of `evalkit sample` except --classifier-scale and --out. The reference's
+    Takes every option of `evalkit sample` except --classifier-scale, --truncation and --out. The reference's
     features are computed once for the whole sweep (feature cache). Rerunning the same command
     skips the rows already in --csv and resumes a half-finished setting from its shards; rows are
     appended atomically, so a kill never leaves a broken CSV.
@@ -157,25 +171,42 @@ def sweep_command(scales, respacings, sweep_dir, csv_path, ref, features_name, w
       evalkit sweep --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
           --classifier 64x64_classifier.pt --scales 0,1 --respacings 250,100,ddim25 \\
           --num-samples 10000 --ref imagenet64 --out runs/steps64 --csv results.csv
+      evalkit sweep --preset biggan-deep-128 --truncations 0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0 \\
+          --num-samples 10000 --ref imagenet128 --out runs/biggan128 --csv results.csv
       evalkit report results.csv --baseline biggan-deep --out reports/sweep256
     """
     from evalkit.context import Context
     from evalkit.evaluate import build_extractor
     from evalkit.refbatches import resolve_batch
-    from evalkit.sweep import SweepPlan, check_sweep_dir, done_run_ids, parse_respacings, parse_scales, run_sweep
+    from evalkit.sweep import (SweepPlan, check_sweep_dir, done_run_ids, parse_respacings, parse_scales,
+                               parse_truncations, run_sweep)
 
     # Everything that can be refused is checked before any sampling.
-    scale_list = parse_scales(scales)
-    respacing_list = parse_respacings(respacings)
-    if respacing_list and kw["timestep_respacing"] is not None:
-        raise ConfigError("give --timestep-respacing (one respacing) or --respacings (a list), not both")
-    check_sweep_dir(sweep_dir)
-    resolve_batch(ref)
-    done_run_ids(csv_path)
-    if kw["classifier"] is None and any(scale_list):
-        raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
-                          f"without one only --scales 0 (unguided) can be swept")
-    plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list, respacing_list or None)
+    if wants_gan(kw):
+        truncation_list = parse_truncations(truncations) if truncations is not None else None
+        check_sweep_dir(sweep_dir)
+        resolve_batch(ref)
+        done_run_ids(csv_path)
+        base = _request(kw, None)  # refuses --scales, --respacings and every other diffusion option
+        plan = SweepPlan.of(base, truncations=truncation_list if truncation_list is not None
+                            else _preset_truncations(base.model.preset))
+    else:
+        refuse_gan_options(kw)
+        if scales is None:
+            raise ConfigError("--scales is required for a diffusion model (comma-separated guidance scales such "
+                              "as 0,1,2,4); --truncations is for BigGAN-deep presets")
+        scale_list = parse_scales(scales)
+        respacing_list = parse_respacings(respacings)
+        if respacing_list and kw["timestep_respacing"] is not None:
+            raise ConfigError("give --timestep-respacing (one respacing) or --respacings (a list), not both")
+        check_sweep_dir(sweep_dir)
+        resolve_batch(ref)
+        done_run_ids(csv_path)
+        if kw["classifier"] is None and any(scale_list):
+            raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
+                              f"without one only --scales 0 (unguided) can be swept")
+        plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list,
+                            respacing_list or None)
     options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
     if kw["dry_run"]:
         dev = dry_run_device(kw["device"])

@@ -37,7 +37,7 @@ multipliers ``m`` (``DEEP_CHANNEL_MULTIPLIERS`` for the presets; any list of ``s
 that halves or keeps the width at each step and ends at 1). See :meth:`BigGANConfig.deep`.
 
 Latents: :func:`biggan_latents` draws sample i's label and z from ``sample_generator(seed, i)``.
-Quantise outputs with ``evalkit.diffusion.to_uint8``, as the ADM sampler does.
+Quantise outputs with ``evalkit.diffusion.samples_to_uint8``, as the ADM sampler does.
 """
 
 from __future__ import annotations
