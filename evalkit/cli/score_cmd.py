@@ -62,6 +62,9 @@ def warnings_to_stderr() -> Iterator[None]:
     """Show each Python warning once as `warning: ...` on stderr (rank 0 only), not as a source trace."""
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        # Not the user's concern (and, for files other code left open, shown whenever the garbage
+        # collector happens to run): never turned into a `warning:` line.
+        warnings.simplefilter("ignore", ResourceWarning)
 
         def show(message, category, filename, lineno, file=None, line=None):
             if os.environ.get("RANK", "0") == "0":  # rank 0 of a torchrun job (or a single process)
