@@ -9,6 +9,12 @@ The tradeoff plots follow Dhariwal & Nichol 2021 (arXiv:2105.05233v4 Fig. 5 / Ne
 precision on x and recall on y; Inception Score on x and FID on y. One curve per
 checkpoint/resolution (rows grouped by label, preset, image_size, steps), points in
 guidance-scale order, each annotated with its guidance scale; baselines are separate markers.
+
+Uncertainty, when the frame has it: a ``<metric>_seed_std`` column (rows aggregated over sampling seeds,
+see `evalkit.report.aggregate_seeds`) draws symmetric ± std error bars (``ax.errorbar``, gid
+``seeds:<curve>``); otherwise ``<metric>_ci_low``/``_ci_high`` (bootstrap intervals) draw the
+interval itself as bars from low to high (``hlines``/``vlines``, gid ``ci:<curve>``), which need not
+contain the point (recall and coverage intervals are biased low).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ PNG_DPI = 200
 CURVE_KEYS: tuple[str, ...] = ("label", "preset", "image_size", "steps")
 BASELINE_GID = "baseline"       # gid of every baseline marker artist
 CURVE_GID_PREFIX = "curve:"     # gid of every curve artist, followed by its legend name
+SEEDS_GID_PREFIX = "seeds:"     # gid of ± std error bars over seeds, followed by the curve's legend name
+CI_GID_PREFIX = "ci:"           # gid of bootstrap interval bars, followed by the curve's legend name
 
 # Paper-figure style: 7-9 pt text, vector fonts embedded as TrueType, reproducible files.
 STYLE = {
@@ -102,6 +110,41 @@ def plottable(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return df[df[x].notna() & df[y].notna()]
 
 
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    return df[name].to_numpy(float) if name in df.columns else np.full(len(df), np.nan)
+
+
+def seed_errors(df: pd.DataFrame, key: str) -> np.ndarray | None:
+    """float [N] ± std over seeds of metric `key` per row (NaN where none), or None when no row has one."""
+    std = _column(df, f"{key}_seed_std")
+    return std if np.isfinite(std).any() else None
+
+
+def intervals(df: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low [N], high [N]) bootstrap interval of metric `key` per row (NaN where none), or None."""
+    low, high = _column(df, f"{key}_ci_low"), _column(df, f"{key}_ci_high")
+    return (low, high) if (np.isfinite(low) & np.isfinite(high)).any() else None
+
+
+def _draw_uncertainty(ax, curve: pd.DataFrame, x: str, y: str, xs: np.ndarray, ys: np.ndarray, color,
+                      name: str) -> None:
+    """Error bars of one curve: ± std over seeds, else bootstrap intervals (module doc)."""
+    xerr, yerr = seed_errors(curve, x), seed_errors(curve, y)
+    if xerr is not None or yerr is not None:
+        clean = (lambda e: None if e is None else np.nan_to_num(e, nan=0.0))
+        ax.errorbar(xs, ys, xerr=clean(xerr), yerr=clean(yerr), fmt="none", ecolor=color, elinewidth=0.6,
+                    capsize=1.5, gid=SEEDS_GID_PREFIX + name)
+    for key, along in ((x, "x"), (y, "y")):
+        span = None if seed_errors(curve, key) is not None else intervals(curve, key)
+        if span is None:
+            continue
+        ok = np.isfinite(span[0]) & np.isfinite(span[1])
+        if along == "x":
+            ax.hlines(ys[ok], span[0][ok], span[1][ok], colors=color, linewidth=0.6, gid=CI_GID_PREFIX + name)
+        else:
+            ax.vlines(xs[ok], span[0][ok], span[1][ok], colors=color, linewidth=0.6, gid=CI_GID_PREFIX + name)
+
+
 def baseline_name(row: dict) -> str:
     """Legend text of a baseline row: label, resolution, truncation or guidance scale."""
     name = str(row.get("label") or row.get("model") or "baseline")
@@ -123,7 +166,7 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
 
     results: rows of the results schema (one feature network); rows missing `x` or `y` are
     skipped. Each curve joins its rows in increasing guidance_scale and annotates every point
-    with its scale. baselines: optional rows (baselines schema) drawn as separate black/grey
+    with its scale; ± std over seeds or bootstrap intervals are drawn where present (module doc). baselines: optional rows (baselines schema) drawn as separate black/grey
     markers with gid "baseline"; they must use the same feature network as the results.
     Raises InputError when neither results nor baselines have a point with both metrics.
     """
@@ -146,7 +189,8 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
         for name in dict.fromkeys(names):
             curve = points[names == name].sort_values("guidance_scale", kind="stable")
             xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
-            ax.plot(xs, ys, marker="o", linestyle="-", label=name, gid=CURVE_GID_PREFIX + name)
+            (line,) = ax.plot(xs, ys, marker="o", linestyle="-", label=name, gid=CURVE_GID_PREFIX + name)
+            _draw_uncertainty(ax, curve, x, y, xs, ys, line.get_color(), name)
             for xv, yv, scale in zip(xs, ys, curve["guidance_scale"]):
                 if _cell(scale) is not None:
                     ax.annotate(format_scale(scale), (xv, yv), xytext=(3, 3), textcoords="offset points",
