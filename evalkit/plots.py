@@ -128,17 +128,19 @@ def intervals(df: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray] | Non
 
 def _draw_uncertainty(ax, curve: pd.DataFrame, x: str, y: str, xs: np.ndarray, ys: np.ndarray, color,
                       name: str) -> None:
-    """Error bars of one curve: ± std over seeds, else bootstrap intervals (module doc)."""
+    """Error bars of one curve: ± std over seeds where a row has one, else its bootstrap interval."""
     xerr, yerr = seed_errors(curve, x), seed_errors(curve, y)
     if xerr is not None or yerr is not None:
         clean = (lambda e: None if e is None else np.nan_to_num(e, nan=0.0))
         ax.errorbar(xs, ys, xerr=clean(xerr), yerr=clean(yerr), fmt="none", ecolor=color, elinewidth=0.6,
                     capsize=1.5, gid=SEEDS_GID_PREFIX + name)
     for key, along in ((x, "x"), (y, "y")):
-        span = None if seed_errors(curve, key) is not None else intervals(curve, key)
+        span = intervals(curve, key)
         if span is None:
             continue
-        ok = np.isfinite(span[0]) & np.isfinite(span[1])
+        ok = np.isfinite(span[0]) & np.isfinite(span[1]) & ~np.isfinite(_column(curve, f"{key}_seed_std"))
+        if not ok.any():
+            continue
         if along == "x":
             ax.hlines(ys[ok], span[0][ok], span[1][ok], colors=color, linewidth=0.6, gid=CI_GID_PREFIX + name)
         else:
