@@ -11,9 +11,16 @@ Prints, measured in this run:
   radii, memberships and P/R equal the previous float64-exact path (``exact=True``, slow: skip with
   ``--skip-exact``).
 
+* with ``--extras``: after those, ``bench_extra_metrics.py`` in the same process (its own ``--quick``
+  when this run is quick): evalkit's Inception feature-extraction rate, then KID (100 subsets x 1000),
+  density/coverage (k = 5) and a B = 100 bootstrap of every metric, each with its ratio to extracting
+  the features of the same images (goal for the bootstrap: < 1).
+
 Usage:  python benchmarks/bench_metrics.py [--quick] [--device cpu|cuda] [--reference-evaluator PATH]
-        [--skip-exact] [--skip-frechet] [--pr-sizes 10000x10000,50000x10000]
+        [--skip-exact] [--skip-frechet] [--pr-sizes 10000x10000,50000x10000] [--extras [--replicates B]]
 ``--quick`` uses 512-d Fréchet statistics and P/R at 2k x 2k and 5k x 2k (a smoke run).
+One command for the whole metric cost table (issue figures):
+        python benchmarks/bench_metrics.py --extras --reference-evaluator PATH
 """
 
 from __future__ import annotations
@@ -179,6 +186,11 @@ def main() -> None:
                     help="guided-diffusion evaluations/evaluator.py, to time its ManifoldEstimator (needs TensorFlow)")
     ap.add_argument("--pr-sizes", default=None, metavar="SxR,...",
                     help="P/R sizes as samples x refs (default 10000x10000,50000x10000; --quick 2000x2000,5000x2000)")
+    ap.add_argument("--extras", action="store_true",
+                    help="also run bench_extra_metrics.py: KID, density/coverage and the B = 100 bootstrap next to "
+                         "the feature-extraction time")
+    ap.add_argument("--replicates", type=int, default=None,
+                    help="bootstrap replicates of --extras (default 100; 10 with --quick)")
     ap.add_argument("--pr-worker", nargs=3, type=int, metavar=("N_SAMPLE", "N_REF", "DIM"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="fast", choices=("fast", "exact", "tf"), help=argparse.SUPPRESS)
@@ -200,6 +212,17 @@ def main() -> None:
             ap.error(f"--pr-sizes: expected SAMPLESxREFS[,...] with sizes > 3, got {args.pr_sizes!r}")
     for n_sample, n_ref in sizes:
         bench_pr(n_sample, n_ref, 2048, args.device, args.reference_evaluator, not args.skip_exact)
+    if args.extras:
+        bench_extras(args.quick, args.replicates)
+
+
+def bench_extras(quick: bool, replicates: int | None) -> None:
+    """bench_extra_metrics.py's main (same folder), with its --quick and --replicates."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_extra_metrics
+
+    print("--- extra metrics (bench_extra_metrics.py) ---", flush=True)
+    bench_extra_metrics.main((["--quick"] if quick else []) + ([f"--replicates={replicates}"] if replicates else []))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ in guidance-scale order, each annotated with its guidance scale; a GAN's curve (
 truncation, e.g. BigGAN-deep) is ordered and annotated by truncation instead, drawn dashed with
 square markers, and when a figure holds one, every legend entry says what its points vary
 ("(truncation)" / "(guidance scale)"). Baselines are separate markers.
+
+Uncertainty, when the frame has it: a ``<metric>_seed_std`` column (rows aggregated over sampling seeds,
+see `evalkit.report.aggregate_seeds`) draws symmetric ± std error bars (``ax.errorbar``, gid
+``seeds:<curve>``); otherwise ``<metric>_ci_low``/``_ci_high`` (bootstrap intervals) draw the
+interval itself as bars from low to high (``hlines``/``vlines``, gid ``ci:<curve>``), which need not
+contain the point (recall and coverage intervals are biased low).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ PNG_DPI = 200
 CURVE_KEYS: tuple[str, ...] = ("label", "preset", "image_size", "steps", "family")
 BASELINE_GID = "baseline"       # gid of every baseline marker artist
 CURVE_GID_PREFIX = "curve:"     # gid of every curve artist, followed by its legend name
+SEEDS_GID_PREFIX = "seeds:"     # gid of ± std error bars over seeds, followed by the curve's legend name
+CI_GID_PREFIX = "ci:"           # gid of bootstrap interval bars, followed by the curve's legend name
 
 # Paper-figure style: 7-9 pt text, vector fonts embedded as TrueType, reproducible files.
 STYLE = {
@@ -120,6 +128,43 @@ def plottable(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return df[df[x].notna() & df[y].notna()]
 
 
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    return df[name].to_numpy(float) if name in df.columns else np.full(len(df), np.nan)
+
+
+def seed_errors(df: pd.DataFrame, key: str) -> np.ndarray | None:
+    """float [N] ± std over seeds of metric `key` per row (NaN where none), or None when no row has one."""
+    std = _column(df, f"{key}_seed_std")
+    return std if np.isfinite(std).any() else None
+
+
+def intervals(df: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low [N], high [N]) bootstrap interval of metric `key` per row (NaN where none), or None."""
+    low, high = _column(df, f"{key}_ci_low"), _column(df, f"{key}_ci_high")
+    return (low, high) if (np.isfinite(low) & np.isfinite(high)).any() else None
+
+
+def _draw_uncertainty(ax, curve: pd.DataFrame, x: str, y: str, xs: np.ndarray, ys: np.ndarray, color,
+                      name: str) -> None:
+    """Error bars of one curve: ± std over seeds where a row has one, else its bootstrap interval."""
+    xerr, yerr = seed_errors(curve, x), seed_errors(curve, y)
+    if xerr is not None or yerr is not None:
+        clean = (lambda e: None if e is None else np.nan_to_num(e, nan=0.0))
+        ax.errorbar(xs, ys, xerr=clean(xerr), yerr=clean(yerr), fmt="none", ecolor=color, elinewidth=0.6,
+                    capsize=1.5, gid=SEEDS_GID_PREFIX + name)
+    for key, along in ((x, "x"), (y, "y")):
+        span = intervals(curve, key)
+        if span is None:
+            continue
+        ok = np.isfinite(span[0]) & np.isfinite(span[1]) & ~np.isfinite(_column(curve, f"{key}_seed_std"))
+        if not ok.any():
+            continue
+        if along == "x":
+            ax.hlines(ys[ok], span[0][ok], span[1][ok], colors=color, linewidth=0.6, gid=CI_GID_PREFIX + name)
+        else:
+            ax.vlines(xs[ok], span[0][ok], span[1][ok], colors=color, linewidth=0.6, gid=CI_GID_PREFIX + name)
+
+
 def baseline_name(row: dict) -> str:
     """Legend text of a baseline row: label, resolution, truncation or guidance scale."""
     name = str(row.get("label") or row.get("model") or "baseline")
@@ -141,7 +186,8 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
 
     results: rows of the results schema (one feature network); rows missing `x` or `y` are
     skipped. Each curve joins its rows in increasing guidance_scale (truncation for a GAN's
-    curve, see `point_key`) and annotates every point with it. baselines: optional rows (baselines schema) drawn as separate black/grey
+    curve, see `point_key`) and annotates every point with it; ± std over seeds or bootstrap
+    intervals are drawn where present (module doc). baselines: optional rows (baselines schema) drawn as separate black/grey
     markers with gid "baseline"; they must use the same feature network as the results.
     Raises InputError when neither results nor baselines have a point with both metrics.
     """
@@ -167,8 +213,9 @@ def tradeoff_figure(results: pd.DataFrame, x: str, y: str, baselines: pd.DataFra
             curve = points[names == name].sort_values(key, kind="stable")
             xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
             gan = key == "truncation"
-            ax.plot(xs, ys, marker="s" if gan else "o", linestyle="--" if gan else "-",
-                    label=f"{name} ({point_name(key)})" if mixed else name, gid=CURVE_GID_PREFIX + name)
+            (line,) = ax.plot(xs, ys, marker="s" if gan else "o", linestyle="--" if gan else "-",
+                              label=f"{name} ({point_name(key)})" if mixed else name, gid=CURVE_GID_PREFIX + name)
+            _draw_uncertainty(ax, curve, x, y, xs, ys, line.get_color(), name)
             for xv, yv, scale in zip(xs, ys, curve[key]):
                 if _cell(scale) is not None:
                     ax.annotate(format_scale(scale), (xv, yv), xytext=(3, 3), textcoords="offset points",

@@ -5,6 +5,10 @@ A report folder holds, for one results table (and optional baselines):
 * ``fid_vs_is.{pdf,svg,png}`` and ``precision_vs_recall.{pdf,svg,png}`` (see `evalkit.plots`);
 * ``results_table.md`` and ``results_table.tex`` (booktabs) with every row, baselines after a rule;
 * ``samples/*.png`` when rows name their sample store in a ``samples_path`` column;
+* rows that differ only by ``seed`` (``evalkit sweep --seeds``) as one row: the mean of each metric,
+  ``<metric>_seed_std`` (sample std, ddof 1) shown as ``mean ± std`` in the tables and as error bars in
+  the figures (`aggregate_seeds`); rows with bootstrap intervals (``<metric>_ci_low/_high``) show them
+  as interval bars in the figures;
 * ``README.md`` saying what was plotted, from which CSV (path + sha256), which baselines and their
   sources, and what the paper never published; ``report.json`` lists the files (it also marks the
   folder as an evalkit report, so a later run may replace it).
@@ -54,7 +58,17 @@ from evalkit.plots import (
     sample_grid,
     save_figure,
 )
-from evalkit.results import METRIC_COLUMNS, read_results, umask, write_results
+from evalkit.results import (
+    CI_METRICS,
+    EXTRA_METRIC_COLUMNS,
+    FLAG_COLUMNS,
+    IDENTITY_COLUMNS,
+    METRIC_COLUMNS,
+    V2_IDENTITY_COLUMNS,
+    read_results,
+    umask,
+    write_results,
+)
 
 MARKER_FILE = "report.json"
 FIGURE_FORMATS: tuple[str, ...] = ("pdf", "svg", "png")   # vector for papers, PNG for READMEs
@@ -96,9 +110,62 @@ def _missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
-def format_metric(value, digits: int = 2) -> str | None:
-    """Metric value with `digits` decimals (the paper prints two); None when missing."""
-    return None if _missing(value) else f"{float(value):.{digits}f}"
+def format_metric(value, digits: int = 2, std=None) -> str | None:
+    """Metric value with `digits` decimals (the paper prints two), ``mean ± std`` when `std` is given;
+    None when missing."""
+    if _missing(value):
+        return None
+    return f"{float(value):.{digits}f}" + ("" if _missing(std) else f" ± {float(std):.{digits}f}")
+
+
+# Columns whose equality makes rows "the same setting" for seed aggregation (all identity but the seed).
+SEED_GROUP_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(
+    ("label", *(c for c in IDENTITY_COLUMNS if c != "seed"), *V2_IDENTITY_COLUMNS, *FLAG_COLUMNS)))
+SEED_METRICS: tuple[str, ...] = (*METRIC_COLUMNS, *EXTRA_METRIC_COLUMNS)
+
+
+def aggregate_seeds(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting for rows that differ only by ``seed``: metric means and ``<metric>_seed_std``.
+
+    Rows are grouped by SEED_GROUP_COLUMNS (every identity column but ``seed``, and the label); a group
+    of two or more rows becomes one row (at the first row's place, with its other cells) holding, per
+    metric of SEED_METRICS, the mean over the rows that have it, ``<metric>_seed_std`` (sample standard
+    deviation, ddof 1; empty with fewer than two values), ``num_seeds`` and ``seeds`` ("0,1,2"); its
+    bootstrap interval cells are emptied (they belong to single seeds). Other rows are unchanged (their
+    ``num_seeds`` is 1). Returns a new frame with a fresh index.
+    """
+    if results.empty:
+        return results.copy()
+    cols = [c for c in SEED_GROUP_COLUMNS if c in results.columns]
+    keys = [tuple(None if _missing(v) else str(v) for v in row) for row in results[cols].itertuples(index=False)]
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    ci_cols = [f"{k}_ci_{end}" for k in CI_METRICS for end in ("low", "high") if f"{k}_ci_{end}" in results.columns]
+    rows = []
+    for members in groups.values():
+        part = results.iloc[members]
+        row = part.iloc[0].to_dict()
+        row["num_seeds"] = len(members)
+        row["seeds"] = ",".join(str(s) for s in part["seed"] if not _missing(s)) if "seed" in part else None
+        for key in SEED_METRICS:
+            if key not in part.columns:
+                continue
+            values = pd.to_numeric(part[key], errors="coerce").dropna()
+            row[f"{key}_seed_std"] = float(values.std(ddof=1)) if len(members) > 1 and len(values) > 1 else float("nan")
+            if len(members) > 1:
+                row[key] = float(values.mean()) if len(values) else float("nan")
+        if len(members) > 1:
+            for c in ci_cols:
+                row[c] = float("nan")
+            if "bootstrap" in row:
+                row["bootstrap"] = pd.NA
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=[*results.columns, "num_seeds", "seeds",
+                                      *(f"{k}_seed_std" for k in SEED_METRICS if k in results.columns)])
+    for c in results.columns:
+        out[c] = out[c].astype(results[c].dtype)
+    return out.reset_index(drop=True)
 
 
 @dataclass
@@ -170,7 +237,9 @@ def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) 
     holds the baselines' truncations too."""
     features = features_of(results)
     trunc = _has_truncation(results)
-    headers = (["Model", "Size", "Steps", "Scale"] + (["Truncation"] if trunc else []) + ["Samples"]
+    seeded = "num_seeds" in results.columns and bool((results["num_seeds"] > 1).any())
+    lead = ["Model", "Size", "Steps", "Scale"] + (["Truncation"] if trunc else []) + ["Samples"]
+    headers = (lead + (["Seeds"] if seeded else [])
                + [metric_label(k, features) for k in METRIC_COLUMNS])
     names = curve_names(results)
     rows = []
@@ -178,11 +247,12 @@ def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) 
         steps = None if _missing(r["steps"]) else str(r["steps"])
         if steps and not _missing(r["sampler"]) and r["sampler"] not in steps:
             steps = f"{steps} ({r['sampler']})"
+        seeds = [None if _missing(r.get("seeds")) else str(r["seeds"])] if seeded else []
         rows.append([name, None if _missing(r["image_size"]) else str(r["image_size"]), steps,
                      None if _missing(r["guidance_scale"]) else format_scale(r["guidance_scale"])]
                     + ([None if _missing(r["truncation"]) else format_scale(r["truncation"])] if trunc else [])
-                    + [None if _missing(r["num_samples"]) else str(r["num_samples"])]
-                    + [format_metric(r[k]) for k in METRIC_COLUMNS])
+                    + [None if _missing(r["num_samples"]) else str(r["num_samples"])] + seeds
+                    + [format_metric(r[k], std=r.get(f"{k}_seed_std")) for k in METRIC_COLUMNS])
     groups: list[tuple[str | None, list]] = [(None, rows)]
     footnotes = []
     if baselines is not None and not baselines.empty:
@@ -202,8 +272,12 @@ def results_table(results: pd.DataFrame, baselines: pd.DataFrame | None = None) 
                              + [None if _missing(r["num_samples"]) else str(r["num_samples"])]
                              + [format_metric(r[k]) for k in METRIC_COLUMNS])
             footnotes.append(f"[{i}] {r['source']}")
-        groups.append(("Published baselines", base_rows))
-    return Table(headers=headers, groups=groups, align="lrlr" + ("r" if trunc else "") + "r" + "r" * len(METRIC_COLUMNS),
+        n = len(lead)
+        groups.append(("Published baselines", [row[:n] + [None] * seeded + row[n:] for row in base_rows]))
+    if seeded:
+        footnotes.insert(0, "mean ± std: rows that differ only by the sampling seed (Seeds), sample std (ddof 1).")
+    return Table(headers=headers, groups=groups,
+                 align="lrlr" + ("r" if trunc else "") + "r" + "l" * seeded + "r" * len(METRIC_COLUMNS),
                  caption="", footnotes=footnotes)
 
 
@@ -322,6 +396,15 @@ def build_report(results: pd.DataFrame, out_dir: str | os.PathLike, *, baselines
         raise InputError(f"the results table{where} has no rows; nothing to report (run a sweep first)")
     features = features_of(results, f"results {csv_path or ''}".strip())
     notes: list[str] = []
+    merged = aggregate_seeds(results)
+    if len(merged) < len(results):
+        notes.append(f"{len(results)} results rows drawn as {len(merged)}: rows that differ only by the sampling "
+                     f"seed are shown as mean ± std (table) and ± std error bars (figures).")
+    results = merged
+    ci = [k for k in CI_METRICS if f"{k}_ci_low" in results.columns and results[f"{k}_ci_low"].notna().any()]
+    if ci:
+        notes.append(f"bootstrap intervals ({', '.join(ci)}) are drawn as interval bars; recall and coverage "
+                     f"intervals are biased low by construction (a resample holds ~63% distinct samples).")
     if baselines is not None and not baselines.empty:
         base_features = baselines["features"].fillna("inception")
         dropped = baselines[base_features != features]

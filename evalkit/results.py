@@ -123,6 +123,17 @@ DEFAULT_FEATURES = "inception"
 
 PANDAS_DTYPES = {"string": "string", "float": "float64", "int": "Int64"}
 
+def metric_cells(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metric cells of a results row from a scoring result (`evalkit.evaluate.evaluate`'s dict):
+    the five, the extra metrics, ``<metric>_ci_low``/``_ci_high`` and ``bootstrap`` (the number of
+    replicates), each None when the result does not hold it."""
+    cells: dict[str, Any] = {key: metrics.get(key) for key in (*METRIC_COLUMNS, *EXTRA_METRIC_COLUMNS)}
+    cells.update({f"{key}_ci_{end}": metrics.get(f"{key}_ci_{end}") for key in CI_METRICS for end in ("low", "high")})
+    boot = (metrics.get("provenance") or {}).get("bootstrap") or {}
+    cells["bootstrap"] = boot.get("replicates")
+    return cells
+
+
 def empty_table() -> pd.DataFrame:
     """A results table with every column of COLUMNS, their dtypes, and no rows."""
     return pd.DataFrame({c: pd.Series([], dtype=PANDAS_DTYPES[k]) for c, k in SCHEMA.items()})

@@ -24,6 +24,11 @@ Decisions:
   differs from the guided settings' (label drawn first).
 * A respacing ``ddimN`` samples with DDIM (with the base ``eta``); other respacings keep the base
   sampler (ancestral unless ``--use-ddim``), with ``eta`` 0 for ancestral sampling.
+* ``--seeds 0,1,2`` samples every setting once per seed, into ``seed-<s>/<setting folder>/``; the
+  rows differ only by ``seed`` (part of the run_id), and `evalkit report` aggregates them into
+  mean ± std. An upsampler keeps its seed's offset from the base seed.
+* The metrics beyond the five (``--metrics``, ``--bootstrap``) fill their columns; they are not part
+  of the run_id, so a rerun with other metric options skips rows already present.
 * ``wall_clock_s`` is the time the process that finished the row spent sampling (only the part it
   sampled, when it resumed) and scoring it.
 * fp16 is not part of the row (it is in each setting's ``metrics.json``).
@@ -49,11 +54,11 @@ from evalkit.atomic import atomic_write_text
 from evalkit.context import Context
 from evalkit.diffusion import space_timesteps
 from evalkit.errors import ConfigError, InputError, RunDirectoryError
-from evalkit.evaluate import build_extractor, evaluate
+from evalkit.evaluate import build_extractor, check_metric_settings, evaluate
 from evalkit.metrics import METRIC_KEYS
 from evalkit.options import RunOptions, ScoreOptions
 from evalkit.refbatches import resolve_batch
-from evalkit.results import EXTRA_METRIC_COLUMNS, append_row, format_scale, make_run_id, read_results
+from evalkit.results import append_row, format_scale, make_run_id, metric_cells, read_results
 from evalkit.sampling.adm import FAMILY
 from evalkit.sampling.biggan import BigGANRequest
 from evalkit.sampling.request import SampleRequest
@@ -144,6 +149,33 @@ def parse_respacings(text: str | Sequence[str] | None, option: str = "--respacin
     return tuple(out)
 
 
+def parse_seeds(text: str | Sequence[int] | None, option: str = "--seeds") -> tuple[int, ...]:
+    """``"0,1,2"`` → (0, 1, 2); None → (). Each seed is a whole number >= 0, listed once.
+
+    Raises ConfigError naming `option` for an empty list or item, a non-integer or negative value, or a
+    seed listed twice (two rows with the same settings would be one row).
+    """
+    if text is None:
+        return ()
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if not items or (isinstance(text, str) and not text.strip()):
+        raise ConfigError(f"{option} is empty; expected comma-separated sampling seeds such as 0,1,2")
+    seeds: list[int] = []
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str) and item == "":
+            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected whole numbers separated by single commas")
+        try:
+            value = int(item)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(item, bool) or value < 0 or (not isinstance(item, str) and value != item):
+            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a whole number >= 0")
+        if value in seeds:
+            raise ConfigError(f"{option} {text!r}: seed {value} is listed twice; list each seed once")
+        seeds.append(value)
+    return tuple(seeds)
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings
 
@@ -172,6 +204,22 @@ def setting_request(base: SampleRequest, guidance_scale: float, respacing: str |
     else:
         changes.update(classifier_scale=scale)
     return dataclasses.replace(base, **changes)
+
+
+def with_seed(request: Request, seed: int) -> Request:
+    """`request` sampled from seed `seed`; an upsampler keeps its seed's offset from the base seed
+    (by default +1, so its noise stays independent of the base stage's)."""
+    seed = int(seed)
+    ups = request.upsampler
+    if ups is None:  # also a GAN request, which has no cascade stage
+        return dataclasses.replace(request, seed=seed)
+    ups = dataclasses.replace(ups, seed=seed + (ups.seed - request.seed))
+    return dataclasses.replace(request, seed=seed, upsampler=ups)
+
+
+def seed_dirname(seed: int) -> str:
+    """``seed-3``: the folder of one sampling seed in a seed sweep (settings folders inside)."""
+    return f"seed-{int(seed)}"
 
 
 def setting_dirname(scale: float, respacing: str | None = None) -> str:
@@ -263,27 +311,30 @@ def unguided_if_zero(request: Request) -> Request:
 @dataclass(frozen=True)
 class SweepPlan:
     """A base request and the settings to sample it at (validated): guidance scales (× respacings)
-    for a diffusion `SampleRequest`, truncations for a `BigGANRequest`."""
+    for a diffusion `SampleRequest`, truncations for a `BigGANRequest`; optionally × sampling seeds."""
 
     base: Request
     scales: tuple[float, ...] = ()
     respacings: tuple[str, ...] = ()
     truncations: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, base: Request, scales: Sequence[float] | str | None = None,
            respacings: Sequence[str] | str | None = None,
-           truncations: Sequence[float] | str | None = None) -> "SweepPlan":
+           truncations: Sequence[float] | str | None = None,
+           seeds: Sequence[int] | str | None = None) -> "SweepPlan":
         """Parse and check the lists against the kind of `base`: a GAN takes truncations only
-        (default: its own truncation), a diffusion model scales (× respacings) only. ConfigError
-        names the option that does not apply."""
+        (default: its own truncation), a diffusion model scales (× respacings) only; either may
+        add seeds. ConfigError names the option that does not apply."""
+        seed_list = parse_seeds(seeds)
         if isinstance(base, BigGANRequest):
             for given, option in ((scales, "--scales"), (respacings, "--respacings")):
                 if given is not None:
                     raise ConfigError(f"{option} applies to diffusion models; {base.model.label_text()} is a "
                                       f"BigGAN-deep generator: sweep its truncation with --truncations")
             lst = parse_truncations(truncations) if truncations is not None else (base.truncation,)
-            plan = cls(base, truncations=lst)
+            plan = cls(base, truncations=lst, seeds=seed_list)
         else:
             if truncations is not None:
                 raise ConfigError(f"--truncations applies to GAN presets (BigGAN-deep); "
@@ -291,16 +342,22 @@ class SweepPlan:
             if scales is None:
                 raise ConfigError("--scales is required for a diffusion model (comma-separated guidance scales "
                                   "such as 0,1,2,4)")
-            plan = cls(base, parse_scales(scales), parse_respacings(respacings))
+            plan = cls(base, parse_scales(scales), parse_respacings(respacings), seeds=seed_list)
         plan.settings()  # every setting must be valid before anything runs
         return plan
 
     def settings(self) -> list[tuple[str, Request]]:
-        """(folder name, request) of every setting: respacings outer, scales inner; or truncations."""
+        """(folder name, request) of every setting: respacings outer, scales inner; or truncations.
+        With seeds, every setting once per seed (seeds outermost) in ``seed-<s>/<setting folder>``."""
         if isinstance(self.base, BigGANRequest):
-            return [(truncation_dirname(t), self.base.with_truncation(t)) for t in self.truncations]
-        return [(setting_dirname(scale, respacing), setting_request(self.base, scale, respacing))
-                for respacing in self.respacings or (None,) for scale in self.scales]
+            settings = [(truncation_dirname(t), self.base.with_truncation(t)) for t in self.truncations]
+        else:
+            settings = [(setting_dirname(scale, respacing), setting_request(self.base, scale, respacing))
+                        for respacing in self.respacings or (None,) for scale in self.scales]
+        if not self.seeds:
+            return settings
+        return [(f"{seed_dirname(seed)}/{name}", with_seed(request, seed)) for seed in self.seeds
+                for name, request in settings]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +445,7 @@ def score_setting(request: Request, run_dir: str | os.PathLike, reference: Refer
     if not ctx.is_main:
         ctx.barrier()
         return None
-    extra = {key: metrics[key] for key in EXTRA_METRIC_COLUMNS if key in metrics}
-    full = {**row, **{key: metrics[key] for key in METRIC_KEYS}, **extra, "wall_clock_s": round(seconds, 3)}
+    full = {**row, **metric_cells(metrics), "wall_clock_s": round(seconds, 3)}
     if csv is not None:
         full["samples_path"] = _relative(run.npz_path, Path(csv).resolve().parent)
     record = {"row": full, "metrics": metrics, "sampling": {
@@ -432,6 +488,8 @@ def sample_and_score(request: Request, out_dir: str | os.PathLike, ref: str | os
     out = check_sweep_dir(out_dir)
     reference = Reference(ref)
     try:
+        check_metric_settings(request.num_samples, reference.reader.num_images, score,
+                              f"the sample batch (--num-samples {request.num_samples})", f"reference {reference.name}")
         extractor, (row,), done = _rows_and_done([request], reference, csv, extractor, ctx, label)
         if row["run_id"] in done:
             if not ctx.is_main:
@@ -475,6 +533,9 @@ def run_sweep(plan: SweepPlan, ref: str | os.PathLike, out_dir: str | os.PathLik
     reference = Reference(ref)
     created = not out.exists()
     try:
+        check_metric_settings(plan.base.num_samples, reference.reader.num_images, score,
+                              f"each setting's sample batch (--num-samples {plan.base.num_samples})",
+                              f"reference {reference.name}")
         extractor, rows, done = _rows_and_done([r for _, r in settings], reference, csv, extractor, ctx, label)
         todo = [i for i, row in enumerate(rows) if row["run_id"] not in done]
         ctx.on_rank0(lambda: [check_store(settings[i][1], out / settings[i][0], ctx) for i in todo])
@@ -486,7 +547,8 @@ def run_sweep(plan: SweepPlan, ref: str | os.PathLike, out_dir: str | os.PathLik
             result = score_setting(request, out / name, reference, extractor, rows[i], options, score, ctx, csv=csv)
             if result is not None:
                 full = result.row
-                log(f"sweep [{k}/{len(todo)}] {name}: " + ", ".join(f"{key} {full[key]:.4g}" for key in METRIC_KEYS)
+                log(f"sweep [{k}/{len(todo)}] {name}: " + ", ".join(f"{key} {full[key]:.4g}" for key in METRIC_KEYS
+                                                                     if full.get(key) is not None)
                     + f" ({full['wall_clock_s']:.1f} s)")
     except BaseException:
         if created and ctx.is_main:

@@ -29,6 +29,7 @@ STAGES = [
     {"extract"},
     {"stored_stats"},
     {"evaluate", "refbuild"},
+    {"api"},
     {"results", "baselines"},
     {"plots"},
     {"report"},

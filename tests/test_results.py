@@ -206,8 +206,8 @@ def test_metric_label_depends_on_features():
     assert metric_label("fid", "digits") == "FD (digits features)"
     assert metric_label("precision", "digits") == "Precision (digits features)"
     assert metric_label("inception_score", "digits") == "IS (digits features)"
-    with pytest.raises(InputError, match="unknown metric 'kid'"):
-        metric_label("kid")
+    with pytest.raises(InputError, match="unknown metric 'lpips'"):
+        metric_label("lpips")
 
 
 def test_version1_csv_reads_validates_and_keeps_its_run_ids(tmp_path):

@@ -14,7 +14,7 @@ import click
 from evalkit.cli.group import main
 from evalkit.cli.sample_cmd import (dry_run_device, refuse_gan_options, run_options, sample_command, sample_request,
                                     wants_gan)
-from evalkit.cli.score_cmd import warnings_to_stderr
+from evalkit.cli.score_cmd import metric_options, pop_metric_options, warnings_to_stderr
 from evalkit.errors import ConfigError
 
 
@@ -30,7 +30,8 @@ def sampling_options(exclude: tuple[str, ...] = ()):
 
 
 def scoring_options(func):
-    """--ref, --features, --inception, --feature-batch-size, --csv, --label, --exact-fid."""
+    """--ref, --features, --inception, --feature-batch-size, --label, --exact-fid, and the metric options
+    of `evalkit score` (--metrics, --bootstrap, ...)."""
     options = [
         click.option("--ref", required=True, metavar="REF",
                      help="Reference batch: an .npz path or a name such as imagenet256 (`evalkit ref list`)."),
@@ -49,7 +50,7 @@ def scoring_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return metric_options(func)
 
 
 def _request(kw: dict, classifier_scale: float | None):
@@ -67,9 +68,11 @@ def _preset_truncations(name: str | None) -> tuple[float, ...]:
 
 
 def _score_options(feature_batch_size: int, exact_fid: bool, kw: dict):
+    """`ScoreOptions` of the scoring options; removes the metric options from `kw`."""
     from evalkit.options import ScoreOptions
 
-    return ScoreOptions(batch_size=feature_batch_size, progress=not kw["quiet"], exact_fid=exact_fid)
+    return ScoreOptions(batch_size=feature_batch_size, progress=not kw["quiet"], exact_fid=exact_fid,
+                        **pop_metric_options(kw))
 
 
 @sampling_options()
@@ -107,11 +110,12 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
     from evalkit.sweep import check_sweep_dir, done_run_ids, sample_and_score, unguided_if_zero
 
     # Everything that can be refused is checked before any sampling.
+    score = _score_options(feature_batch_size, exact_fid, kw)
     check_sweep_dir(kw["out_dir"])
     resolve_batch(ref)
     done_run_ids(csv_path)
     request = unguided_if_zero(_request(kw, kw["classifier_scale"]))
-    options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
+    options = run_options(kw)
     if kw["dry_run"]:
         dev = dry_run_device(kw["device"])
         click.echo(json.dumps({"config": request.for_device(dev).to_dict(), "out": kw["out_dir"], "ref": ref,
@@ -145,18 +149,22 @@ def sample_and_score_command(ref, features_name, weights_path, feature_batch_siz
               help="Also sweep the respaced steps: step counts or ddimN (ddimN samples with DDIM), e.g. "
                    "250,100,ddim25; the sweep runs every scale at every respacing.  "
                    "[default: --timestep-respacing only]")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Also sweep the sampling seed: every setting once per seed (whole numbers >= 0, each once), "
+                   "in seed-<S>/ folders; `evalkit report` shows the rows that differ only by seed as mean ± std.  "
+                   "[default: --seed only]")
 @click.option("--out", "sweep_dir", type=click.Path(), required=True, metavar="DIR",
               help="Sweep folder: one resumable sample store per setting (scale-2/, scale-2_steps-ddim25/, "
-                   "truncation-0.5/), each with its metrics.json.")
+                   "truncation-0.5/, seed-1/scale-2/), each with its metrics.json.")
 @click.option("--csv", "csv_path", type=click.Path(), required=True, metavar="FILE",
               help="Results CSV: one row per setting is appended (created when absent); rows already there are "
                    "skipped.")
 @scoring_options
-def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, features_name, weights_path, feature_batch_size,
-                  label, exact_fid, **kw):
+def sweep_command(scales, truncations, respacings, seeds, sweep_dir, csv_path, ref, features_name, weights_path,
+                  feature_batch_size, label, exact_fid, **kw):
     """Sweep the classifier-guidance scale (and optionally the respaced steps) of a diffusion checkpoint,
-    or the truncation of a BigGAN-deep generator: sample, score and append one results row per
-    setting, for `evalkit report`.
+    or the truncation of a BigGAN-deep generator (optionally × sampling seeds): sample, score and
+    append one results row per setting, for `evalkit report`.
 
     Takes every option of `evalkit sample` except --classifier-scale, --truncation and --out. The reference's
     features are computed once for the whole sweep (feature cache). Rerunning the same command
@@ -173,15 +181,22 @@ def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, fea
           --num-samples 10000 --ref imagenet64 --out runs/steps64 --csv results.csv
       evalkit sweep --preset biggan-deep-128 --truncations 0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0 \\
           --num-samples 10000 --ref imagenet128 --out runs/biggan128 --csv results.csv
+      evalkit sweep --preset 64x64_diffusion --checkpoint 64x64_diffusion.pt \\
+          --classifier 64x64_classifier.pt --scales 0,1 --seeds 0,1,2 --metrics is,fid,sfid,pr,kid \\
+          --num-samples 10000 --ref imagenet64 --out runs/seeds64 --csv results.csv
       evalkit report results.csv --baseline biggan-deep --out reports/sweep256
     """
     from evalkit.context import Context
     from evalkit.evaluate import build_extractor
     from evalkit.refbatches import resolve_batch
     from evalkit.sweep import (SweepPlan, check_sweep_dir, done_run_ids, parse_respacings, parse_scales,
-                               parse_truncations, run_sweep)
+                               parse_seeds, parse_truncations, run_sweep)
 
     # Everything that can be refused is checked before any sampling.
+    score = _score_options(feature_batch_size, exact_fid, kw)
+    seed_list = parse_seeds(seeds)
+    if seed_list and click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT:
+        raise ConfigError("give --seed (one seed) or --seeds (a list), not both")
     if wants_gan(kw):
         truncation_list = parse_truncations(truncations) if truncations is not None else None
         check_sweep_dir(sweep_dir)
@@ -189,7 +204,7 @@ def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, fea
         done_run_ids(csv_path)
         base = _request(kw, None)  # refuses --scales, --respacings and every other diffusion option
         plan = SweepPlan.of(base, truncations=truncation_list if truncation_list is not None
-                            else _preset_truncations(base.model.preset))
+                            else _preset_truncations(base.model.preset), seeds=seed_list or None)
     else:
         refuse_gan_options(kw)
         if scales is None:
@@ -206,8 +221,8 @@ def sweep_command(scales, truncations, respacings, sweep_dir, csv_path, ref, fea
             raise ConfigError(f"--scales {scales}: non-zero guidance scales need a classifier (--classifier PATH); "
                               f"without one only --scales 0 (unguided) can be swept")
         plan = SweepPlan.of(_request(kw, max(scale_list) if kw["classifier"] else None), scale_list,
-                            respacing_list or None)
-    options, score = run_options(kw), _score_options(feature_batch_size, exact_fid, kw)
+                            respacing_list or None, seeds=seed_list or None)
+    options = run_options(kw)
     if kw["dry_run"]:
         dev = dry_run_device(kw["device"])
         click.echo(json.dumps({"settings": {name: r.for_device(dev).to_dict() for name, r in plan.settings()},
