@@ -456,7 +456,7 @@ def run_demo(out: str | Path = "reports/demo", num_samples: int | None = None,
     stores = [(float(s), next((runs / setting_dirname(s)).glob("samples_*.npz"))) for s in sorted(scales)]
     stores += [(f"t = {format_scale(t)}", next((runs / truncation_dirname(t)).glob("samples_*.npz")))
                for t in sorted(truncations, reverse=True)]
-    fig = samples_figure(stores, title="Samples per guidance scale s (ADM), truncation t (BigGAN-deep)")
+    fig = samples_figure(stores, title="Samples per guidance scale s (ADM)\nand per truncation t (BigGAN-deep)")
     with atomic_path(out / SAMPLES_PNG, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=200, metadata={"Software": None})
     checks = tradeoff_checks(rows)
