@@ -221,7 +221,7 @@ def samples_figure(stores: Sequence[tuple[float | str, Path]], per_class: int = 
         ax.tick_params(length=0)
         for side in ax.spines.values():
             side.set_visible(False)
-        ax.set_xlabel("class label given to the generator (and the classifier)")
+        ax.set_xlabel("class label given to the generator")
         ax.set_title(title)
     return fig
 
