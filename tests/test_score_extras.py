@@ -173,7 +173,7 @@ def test_bootstrap_intervals_contain_the_point_and_are_seeded(cache_root, pair, 
     (["--metrics", "is,lpips"], "unknown metric 'lpips'; expected names from is, fid, sfid, pr, kid, dc"),
     (["--metrics", "kid"], "--kid-subset-size 1000: sample batch .* holds 40 images, fewer than the KID subset "
                            "size; pass --kid-subset-size 40 or less"),
-    (["--metrics", "kid", "--kid-subset-size", "45"], "sample batch .* holds 40 images; pass --kid-subset-size 40"),
+    (["--metrics", "kid", "--kid-subset-size", "45"], "--kid-subset-size 45: sample batch .* holds 40 images, .*; pass --kid-subset-size 40 or less"),
     (["--metrics", "dc", "--dc-k", "52"], "--dc-k 52: reference batch .* holds 52 images; .* pass --dc-k 51 or less"),
     (["--kid-subsets", "0"], "--kid-subsets: found 0"),
     (["--metrics", ""], "--metrics is empty"),
