@@ -73,30 +73,42 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # Parsing the lists
 
+def _list_items(text: str | Sequence[Any], option: str, example: str, kind: str = "numbers") -> list[tuple[int, Any]]:
+    """(1-based position, item) of a comma-separated list (or a sequence), refusing an empty list or item."""
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if not items or (isinstance(text, str) and not text.strip()):
+        raise ConfigError(f"{option} is empty; expected comma-separated {example}")
+    for i, item in enumerate(items, 1):
+        if isinstance(item, str) and item == "":
+            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected {kind} separated by single commas")
+    return list(enumerate(items, 1))
+
+
+def _parse_floats(text: str | Sequence[float], option: str, *, example: str, noun: str, valid: Callable[[float], bool],
+                  number: str, expected: str) -> tuple[float, ...]:
+    """Distinct finite floats of a list, each passing `valid`; ConfigError names `option` and the item."""
+    out: list[float] = []
+    for i, item in _list_items(text, option, example):
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a number {number}") from None
+        if isinstance(item, bool) or not math.isfinite(value) or not valid(value):
+            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected {expected}")
+        if value in out:
+            raise ConfigError(f"{option} {text!r}: {noun} {item} is listed twice; list each {noun} once")
+        out.append(value)
+    return tuple(out)
+
+
 def parse_scales(text: str | Sequence[float], option: str = "--scales") -> tuple[float, ...]:
     """``"0,0.5,1,2"`` → (0.0, 0.5, 1.0, 2.0). Each scale is a finite number >= 0, listed once.
 
     Raises ConfigError naming `option` for an empty list, an empty item (``"1,,2"``), a word,
     a negative / non-finite value or a duplicate. A sequence of numbers is checked the same way.
     """
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    if not items or (isinstance(text, str) and not text.strip()):
-        raise ConfigError(f"{option} is empty; expected comma-separated guidance scales such as 0,1,2,4")
-    scales: list[float] = []
-    for i, item in enumerate(items, 1):
-        if isinstance(item, str) and item == "":
-            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected numbers separated by single commas")
-        try:
-            value = float(item)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a number >= 0") from None
-        if isinstance(item, bool) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a finite number >= 0 "
-                              f"(0 = unguided)")
-        if value in scales:
-            raise ConfigError(f"{option} {text!r}: scale {item} is listed twice; list each scale once")
-        scales.append(value)
-    return tuple(scales)
+    return _parse_floats(text, option, example="guidance scales such as 0,1,2,4", noun="scale",
+                         valid=lambda v: v >= 0, number=">= 0", expected="a finite number >= 0 (0 = unguided)")
 
 
 def parse_truncations(text: str | Sequence[float], option: str = "--truncations") -> tuple[float, ...]:
@@ -105,24 +117,9 @@ def parse_truncations(text: str | Sequence[float], option: str = "--truncations"
     Raises ConfigError naming `option` for an empty list, an empty item (``"0.1,,0.2"``), a word,
     a value outside (0, 1] or a duplicate. A sequence of numbers is checked the same way.
     """
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    if not items or (isinstance(text, str) and not text.strip()):
-        raise ConfigError(f"{option} is empty; expected comma-separated truncations in (0, 1] such as 0.1,0.5,1")
-    out: list[float] = []
-    for i, item in enumerate(items, 1):
-        if isinstance(item, str) and item == "":
-            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected numbers separated by single commas")
-        try:
-            value = float(item)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a number in (0, 1]") from None
-        if isinstance(item, bool) or not math.isfinite(value) or not 0 < value <= 1:
-            raise ConfigError(f"{option} {text!r}: item {i} is {item!r}, expected a truncation in (0, 1] "
-                              f"(1 = the untruncated prior)")
-        if value in out:
-            raise ConfigError(f"{option} {text!r}: truncation {item} is listed twice; list each truncation once")
-        out.append(value)
-    return tuple(out)
+    return _parse_floats(text, option, example="truncations in (0, 1] such as 0.1,0.5,1", noun="truncation",
+                         valid=lambda v: 0 < v <= 1, number="in (0, 1]",
+                         expected="a truncation in (0, 1] (1 = the untruncated prior)")
 
 
 def parse_respacings(text: str | Sequence[str] | None, option: str = "--respacings") -> tuple[str, ...]:
@@ -157,13 +154,8 @@ def parse_seeds(text: str | Sequence[int] | None, option: str = "--seeds") -> tu
     """
     if text is None:
         return ()
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    if not items or (isinstance(text, str) and not text.strip()):
-        raise ConfigError(f"{option} is empty; expected comma-separated sampling seeds such as 0,1,2")
     seeds: list[int] = []
-    for i, item in enumerate(items, 1):
-        if isinstance(item, str) and item == "":
-            raise ConfigError(f"{option} {text!r}: item {i} is empty; expected whole numbers separated by single commas")
+    for i, item in _list_items(text, option, "sampling seeds such as 0,1,2", kind="whole numbers"):
         try:
             value = int(item)
         except (TypeError, ValueError):
